@@ -1,0 +1,245 @@
+"""Connectome-JEPA: token embeddings routed through the C. elegans wiring.
+
+Embeddings enter the sensory neurons, cross `num_hops` hops whose 300x300 weights are
+multiplied by the adjacency mask, meet residual causal attention every
+`cross_attn_every` hops, and leave through the motor neurons into tied logits.
+
+Shape letters: B batch, S sequence, E embedding, V vocabulary, C channels, N neurons per
+channel (300), L hops, A attention positions, H heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxconnectome.connectome import NUM_NEURONS
+from jaxconnectome.layers import causal_attention, gelu, rms_norm
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of the network; defaults are the reference's primary configuration."""
+
+    vocab_size: int = 1024
+    embed_dim: int = 768
+    num_hops: int = 6
+    cross_attn_every: int = 2
+    head_dim: int = 128
+    num_attn_heads: int = 4
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    skip_every: int = 2
+    num_channels: int = 1
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    # Run the hops in lax.scan (True) or an unrolled Python loop (False); same numbers.
+    scan_hops: bool = True
+
+    @property
+    def attn_hops(self) -> tuple[int, ...]:
+        """Hop indices after which an attention layer runs."""
+        return tuple(i for i in range(self.num_hops) if (i + 1) % self.cross_attn_every == 0)
+
+    @property
+    def num_skip_gates(self) -> int:
+        # With 6 hops and skip_every=2 this is 2: the gate after hop 6 does not exist.
+        if self.skip_every <= 0:
+            return 0
+        return max((self.num_hops - 1) // self.skip_every, 1)
+
+    def skip_gate_index(self, hop: int) -> int:
+        """Return the gate re-injecting the sensory signal after `hop`, or -1 for none."""
+        every = self.skip_every
+        if every <= 0 or hop == 0 or (hop + 1) % every != 0:
+            return -1
+        gate = (hop + 1) // every - 1
+        return gate if gate < self.num_skip_gates else -1
+
+
+class Buffer(nnx.Variable):
+    """A fixed array saved with the model but never trained (masks and neuron indices)."""
+
+
+def _normal(key: jax.Array, shape: tuple[int, ...], std: float, dtype) -> jax.Array:
+    return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def _torch_linear_init(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """PyTorch nn.Linear's default weight init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(shape[-1])
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+
+def channel_slots(neuron_idx: np.ndarray, num_channels: int) -> np.ndarray:
+    """Return the state slots of `neuron_idx` in every channel: channel c owns [300c, 300c+300)."""
+    return np.concatenate([np.asarray(neuron_idx) + NUM_NEURONS * c for c in range(num_channels)])
+
+
+class ConnectomeJEPA(nnx.Module):
+    """The reference network; `encode` gives representations, `logits` the softcapped scores."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        hop_mask: np.ndarray,
+        sensory_idx: np.ndarray,
+        motor_idx: np.ndarray,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.config = config
+        dtype = DTYPES[config.param_dtype]
+        e, v, c, n = config.embed_dim, config.vocab_size, config.num_channels, NUM_NEURONS
+        num_sensory, num_motor = len(sensory_idx), len(motor_idx)
+        num_hops, num_attn = config.num_hops, len(config.attn_hops)
+        qkv_dim = config.num_attn_heads * config.head_dim
+
+        self.tok_emb = nnx.Param(_normal(rngs.params(), (v, e), 0.005, dtype))  # (V, E)
+        self.mask_emb = nnx.Param(jnp.zeros((e,), dtype))
+        self.sensory_proj = nnx.Param(_torch_linear_init(rngs.params(), (num_sensory * c, e), dtype))
+        self.motor_proj = nnx.Param(_torch_linear_init(rngs.params(), (e, num_motor * c), dtype))
+        self.output_residual_scale = nnx.Param(jnp.asarray(0.1, dtype))
+
+        # Per-hop parameters are stacked on a leading L axis so the hops can run in a scan.
+        # The dense (L, C, N, N) weights are masked in the forward pass, as in the reference.
+        self.hop_weight = nnx.Param(_normal(rngs.params(), (num_hops, c, n, n), 0.02, dtype))
+        self.hop_bias = nnx.Param(jnp.zeros((num_hops, c, n), dtype))
+        self.hop_scale = nnx.Param(jnp.full((num_hops, c * n), 1.0 / math.sqrt(num_hops), dtype))
+        if config.num_skip_gates:
+            self.skip_gates = nnx.Param(jnp.full((config.num_skip_gates,), 0.1, dtype))
+
+        # Attention weights stacked on A, one entry per hop in config.attn_hops, [out, in].
+        self.attn_q = nnx.Param(_torch_linear_init(rngs.params(), (num_attn, qkv_dim, c * n), dtype))
+        self.attn_k = nnx.Param(_torch_linear_init(rngs.params(), (num_attn, qkv_dim, c * n), dtype))
+        self.attn_v = nnx.Param(_torch_linear_init(rngs.params(), (num_attn, qkv_dim, c * n), dtype))
+        self.attn_out = nnx.Param(jnp.zeros((num_attn, c * n, qkv_dim), dtype))
+
+        self.hop_mask = Buffer(jnp.asarray(hop_mask, jnp.float32))  # (N_out, N_in)
+        self.sensory_idx = Buffer(jnp.asarray(sensory_idx, jnp.int32))
+        self.motor_idx = Buffer(jnp.asarray(motor_idx, jnp.int32))
+        self.sensory_slots = Buffer(jnp.asarray(channel_slots(sensory_idx, c), jnp.int32))
+        self.motor_slots = Buffer(jnp.asarray(channel_slots(motor_idx, c), jnp.int32))
+
+    def _compute(self, param: nnx.Param) -> jax.Array:
+        return param[...].astype(DTYPES[self.config.compute_dtype])
+
+    def _hop_gates(self) -> jax.Array:
+        """Return (L,) re-injection gate per hop, 0 where a hop re-injects nothing."""
+        config = self.config
+        index = np.array([config.skip_gate_index(i) for i in range(config.num_hops)])
+        if not config.num_skip_gates:
+            return jnp.zeros((config.num_hops,), DTYPES[config.compute_dtype])
+        gates = self._compute(self.skip_gates)[np.maximum(index, 0)]
+        return jnp.where(jnp.asarray(index >= 0), gates, jnp.zeros_like(gates))
+
+    def encode(self, ids_BS: jax.Array, jepa_mask_BS: jax.Array | None = None) -> jax.Array:
+        """Return the final representation `rep` (B, S, E) after the last rms_norm.
+
+        Positions where `jepa_mask_BS` is True read `mask_emb` instead of their token.
+        """
+        config = self.config
+        tok_emb_VE = self._compute(self.tok_emb)
+        x_BSE = tok_emb_VE[ids_BS]
+        if jepa_mask_BS is not None:
+            x_BSE = jnp.where(jepa_mask_BS[..., None], self._compute(self.mask_emb), x_BSE)
+        x_BSE = rms_norm(x_BSE)
+
+        sensory_BSK = x_BSE @ self._compute(self.sensory_proj).T  # K = 88 * C sensory inputs
+        batch, seq_len, _ = x_BSE.shape
+        state_BSN = jnp.zeros((batch, seq_len, config.num_channels * NUM_NEURONS), x_BSE.dtype)
+        # `injected` is zero outside the sensory slots, so adding gate * injected re-injects
+        # the sensory signal exactly where the reference adds it.
+        injected_BSN = state_BSN.at[..., self.sensory_slots[...]].set(sensory_BSK)
+        state_BSN = self._run_hops(injected_BSN, injected_BSN)
+
+        motor_BSM = state_BSN[..., self.motor_slots[...]]  # M = 123 * C motor outputs
+        out_BSE = motor_BSM @ self._compute(self.motor_proj).T
+        out_BSE = out_BSE + x_BSE * self._compute(self.output_residual_scale)
+        return rms_norm(out_BSE)
+
+    def logits(self, rep_BSE: jax.Array) -> jax.Array:
+        """Return float32 logits (B, S, V) from tied embeddings, softcapped as cap*tanh(z/cap)."""
+        logits_BSV = (rep_BSE @ self._compute(self.tok_emb).T).astype(jnp.float32)
+        cap = self.config.logit_softcap
+        return cap * jnp.tanh(logits_BSV / cap)
+
+    def __call__(self, ids_BS: jax.Array) -> jax.Array:
+        return self.logits(self.encode(ids_BS))
+
+    def _run_hops(self, state_BSN: jax.Array, injected_BSN: jax.Array) -> jax.Array:
+        """Apply every hop, its re-injection and the attention that follows some hops.
+
+        Hops are grouped in runs of `cross_attn_every`, each run followed by one attention
+        layer; hops left over after the last attention run without it.
+        """
+        config = self.config
+        every = config.cross_attn_every
+        num_groups = len(config.attn_hops)
+        masked_weight = self._compute(self.hop_weight) * self.hop_mask[...].astype(state_BSN.dtype)
+        hop_inputs = (
+            masked_weight,  # (L, C, N_out, N_in)
+            self._compute(self.hop_bias),  # (L, C, N)
+            self._compute(self.hop_scale),  # (L, C*N)
+            self._hop_gates(),  # (L,)
+        )
+        attn_weights = tuple(self._compute(p) for p in (self.attn_q, self.attn_k, self.attn_v, self.attn_out))
+
+        def run_segment(state, segment_inputs):
+            return self._scan(lambda s, inputs: (hop(s, injected_BSN, *inputs), None), state, segment_inputs)
+
+        def group(state, inputs):
+            segment_inputs, (wq, wk, wv, wo) = inputs
+            state = run_segment(state, segment_inputs)
+            state = causal_attention(state, wq, wk, wv, wo, config.num_attn_heads, config.rope_base)
+            return state, None
+
+        grouped = jax.tree.map(lambda a: a[: num_groups * every].reshape(num_groups, every, *a.shape[1:]), hop_inputs)
+        state_BSN = self._scan(group, state_BSN, (grouped, attn_weights))
+        leftover = jax.tree.map(lambda a: a[num_groups * every :], hop_inputs)
+        return run_segment(state_BSN, leftover)
+
+    def _scan(self, body, carry, xs):
+        """lax.scan over the leading axis of `xs`, or the same loop unrolled in Python."""
+        length = jax.tree.leaves(xs)[0].shape[0]
+        if length == 0:
+            return carry
+        if self.config.scan_hops:
+            carry, _ = jax.lax.scan(body, carry, xs)
+            return carry
+        for i in range(length):
+            carry, _ = body(carry, jax.tree.map(lambda a: a[i], xs))
+        return carry
+
+
+def hop(
+    state_BSN: jax.Array,
+    injected_BSN: jax.Array,
+    weight_COI: jax.Array,
+    bias_CO: jax.Array,
+    scale_N: jax.Array,
+    gate: jax.Array,
+) -> jax.Array:
+    """One masked hop: state += scale * gelu(per-channel masked linear of rms_norm(state)).
+
+    weight_COI is (C, N_out, N_in), already multiplied by the mask. After the hop the
+    sensory signal is re-injected with `gate` (0 on hops without a skip gate).
+    """
+    batch, seq_len, width = state_BSN.shape
+    channels, neurons = bias_CO.shape
+    h_BSCI = rms_norm(state_BSN).reshape(batch, seq_len, channels, neurons)
+    out_BSCO = jnp.einsum("bsci,coi->bsco", h_BSCI, weight_COI) + bias_CO
+    state_BSN = state_BSN + scale_N * gelu(out_BSCO.reshape(batch, seq_len, width))
+    return state_BSN + gate * injected_BSN
+
+
+def count_params(model: nnx.Module) -> int:
+    """Count trainable parameters; the masked-off hop weights count, as in the reference."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
