@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import torch_reference as ref
+from shared_data import shared_path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LAYOUT_CANDIDATES = [
-    REPO_ROOT / "shared" / "reference" / "torch_state_dict_layout.json",
-    REPO_ROOT.parent / "shared" / "reference" / "torch_state_dict_layout.json",
-]
 
 TINY_CONFIG = {
     "vocab_size": 64,
@@ -52,10 +47,7 @@ def make_attention_active(model: ref.ConnectomeJEPARef, seed: int = 1) -> None:
 
 
 def load_layout() -> dict:
-    for path in LAYOUT_CANDIDATES:
-        if path.exists():
-            return json.loads(path.read_text())
-    pytest.skip(f"state_dict layout file not found; looked in {[str(p) for p in LAYOUT_CANDIDATES]}")
+    return json.loads(shared_path("reference", "torch_state_dict_layout.json").read_text())
 
 
 @pytest.mark.parametrize("name", ["primary", "small", "two_hop", "channels2"])

@@ -2,7 +2,7 @@
 
 The corpus needs no download: it is the documentation bundled with the standard
 library. Each entry of `pydoc_data.topics.topics` (the language reference
-topics shown by `help()`) is one document, followed by the docstrings of the
+topics shown by `help()`) is one document, and so is each docstring of the
 modules in DEMO_MODULES, their classes and functions, and the methods and
 properties of those classes.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import random
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,10 +74,10 @@ DEMO_MODULES = (
 
 # Shorter docstrings are mostly one-line summaries that add little text.
 MIN_DOCSTRING_CHARS = 200
-# The first documents are language reference topics. With Python 3.11 the first 30
-# make a validation split of about 54,000 tokens (52 sequences of 1024), about a
-# tenth of the corpus.
-DEMO_VAL_DOCUMENTS = 30
+# After the shuffle, the first 150 documents make a validation split of about 39,000
+# tokens with Python 3.11, 8 % of the corpus.
+DEMO_VAL_DOCUMENTS = 150
+DEMO_SHUFFLE_SEED = 0
 DEMO_CORPUS_NAME = "demo_corpus.txt"
 
 
@@ -147,12 +148,14 @@ def _module_documents() -> Iterator[str]:
 
 
 def build_demo_corpus() -> list[str]:
-    """Return the demo corpus as a list of documents, in a fixed order.
+    """Return the demo corpus as a list of documents, in a fixed shuffled order.
 
-    Order: language reference topics sorted by key, then module docstrings in
-    DEMO_MODULES order with members sorted by name. Every document is
-    normalized (no blank lines inside), docstrings shorter than
-    MIN_DOCSTRING_CHARS are skipped, and repeated texts are kept once.
+    Documents are collected from the language reference topics sorted by key,
+    then module docstrings in DEMO_MODULES order with members sorted by name,
+    and shuffled with a fixed seed so that the leading validation documents
+    are a sample of both kinds. Every document is normalized (no blank lines
+    inside), docstrings shorter than MIN_DOCSTRING_CHARS are skipped, and
+    repeated texts are kept once.
     """
     documents: list[str] = []
     seen: set[str] = set()
@@ -169,6 +172,7 @@ def build_demo_corpus() -> list[str]:
             if len(text) >= MIN_DOCSTRING_CHARS and text not in seen:
                 seen.add(text)
                 documents.append(text)
+    random.Random(DEMO_SHUFFLE_SEED).shuffle(documents)
     return documents
 
 

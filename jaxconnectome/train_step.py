@@ -1,0 +1,126 @@
+"""The jitted training step: losses per worker and micro-step, accumulation, AdamW.
+
+The reference's losses are per data-parallel worker and micro-step: each worker computes
+CE, JEPA and SigREG on its own micro-batch (SigREG's N is that micro-batch's token count)
+and DDP averages the gradients of total / accumulation_steps. Here a batch carries an
+explicit worker axis W, the per-worker loss is vmapped over it, and the step scans over
+the A micro-steps, so the numbers equal a W-worker reference run on any device count.
+
+Shape letters: A micro-steps, W workers, B sequences per worker, S sequence, E embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxconnectome import losses
+from jaxconnectome.model import ConnectomeJEPA
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    jepa_weight: float = 0.5
+    sigreg_weight: float = 1e-4
+    mask_ratio: float = 0.3
+    mask_span_length: float = 4.0
+    sigreg_slices: int = 64
+    sigreg_knots: int = 17
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    params: Any  # nnx.State of the nnx.Param variables
+    opt_state: Any
+    step: jax.Array
+
+
+def worker_losses(
+    model: ConnectomeJEPA, inputs_BS: jax.Array, targets_BS: jax.Array, key: jax.Array, config: LossConfig
+) -> dict[str, jax.Array]:
+    """Compute CE, JEPA and SigREG on one worker's micro-batch, and their weighted total."""
+    mask_key, sigreg_key = jax.random.split(key)
+    rep_BSE = model.encode(inputs_BS)
+    ce = losses.cross_entropy(model.logits(rep_BSE), targets_BS)
+    total = ce
+    jepa = jnp.zeros((), jnp.float32)
+    sigreg = jnp.zeros((), jnp.float32)
+    if config.jepa_weight > 0:
+        batch, seq_len = inputs_BS.shape
+        mask_BS = losses.jepa_span_mask(mask_key, batch, seq_len, config.mask_ratio, config.mask_span_length)
+        jepa = losses.jepa_loss(model.encode(inputs_BS, mask_BS), rep_BSE, mask_BS)
+        total = total + config.jepa_weight * jepa
+    if config.sigreg_weight > 0:
+        rep_NE = rep_BSE.reshape(-1, rep_BSE.shape[-1])
+        sigreg = losses.sigreg(sigreg_key, rep_NE, config.sigreg_slices, config.sigreg_knots)
+        total = total + config.sigreg_weight * sigreg
+    return {"total": total, "ce": ce, "jepa": jepa, "sigreg": sigreg}
+
+
+def micro_step_loss(params, graphdef, buffers, inputs_WBS, targets_WBS, key, config: LossConfig):
+    """Return the workers' mean total loss for one micro-step, and the mean of each loss."""
+    model = nnx.merge(graphdef, params, buffers)
+    keys = jax.random.split(key, inputs_WBS.shape[0])
+    per_worker = jax.vmap(lambda x, y, k: worker_losses(model, x, y, k, config))(inputs_WBS, targets_WBS, keys)
+    means = jax.tree.map(jnp.mean, per_worker)
+    return means["total"], means
+
+
+def step_key(base_key: jax.Array, step: jax.Array) -> jax.Array:
+    return jax.random.fold_in(base_key, step)
+
+
+def train_step(
+    state: TrainState,
+    inputs_AWBS: jax.Array,
+    targets_AWBS: jax.Array,
+    base_key: jax.Array,
+    lr_multiplier: jax.Array,
+    *,
+    graphdef,
+    buffers,
+    optimizer: optax.GradientTransformation,
+    config: LossConfig,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Accumulate gradients of total / A over the A micro-steps, then apply one AdamW update.
+
+    Randomness is `fold_in(base_key, step)` then one key per micro-step and worker, so a
+    step's masks and projections do not depend on how the run was split into processes.
+    """
+    num_micro = inputs_AWBS.shape[0]
+    micro_keys = jax.random.split(step_key(base_key, state.step), num_micro)
+    grad_fn = jax.grad(micro_step_loss, has_aux=True)
+
+    def accumulate(grads_sum, xs):
+        inputs, targets, key = xs
+        grads, metrics = grad_fn(state.params, graphdef, buffers, inputs, targets, key, config)
+        grads_sum = jax.tree.map(lambda acc, g: acc + g.astype(acc.dtype) / num_micro, grads_sum, grads)
+        return grads_sum, metrics
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    grads, metrics = jax.lax.scan(accumulate, zeros, (inputs_AWBS, targets_AWBS, micro_keys))
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+
+    hyperparams = {**state.opt_state.hyperparams, "lr_multiplier": jnp.asarray(lr_multiplier, jnp.float32)}
+    opt_state = state.opt_state._replace(hyperparams=hyperparams)
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+    return new_state, jax.tree.map(jnp.mean, metrics)
+
+
+def make_train_step(model: ConnectomeJEPA, optimizer: optax.GradientTransformation, config: LossConfig):
+    """Split the model and return (initial state, jitted step(state, x, y, key, lr_multiplier))."""
+    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+    # The step donates the state, so it gets its own copy and `model` stays usable.
+    params = jax.tree.map(jnp.copy, params)
+    state = TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+    step = functools.partial(train_step, graphdef=graphdef, buffers=buffers, optimizer=optimizer, config=config)
+    return state, jax.jit(step, donate_argnums=0)

@@ -1,0 +1,215 @@
+"""The training run: data, model and optimiser from Settings, then the reference's loop.
+
+The loop mirrors the reference: validation at step 0, every VAL_LOSS_EVERY steps and at
+the end; training lines at steps 1-10 and every TRAIN_LOG_EVERY steps; a wallclock cap
+that stops after the step crossing it, with validation time excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxconnectome import connectome
+from jaxconnectome.data import (
+    DataError,
+    TrainLoader,
+    build_byte_tables,
+    find_shards,
+    load_tokenizer,
+    prepare_demo_data,
+)
+from jaxconnectome.evaluation import ValidationSet, build_validation_set, evaluate, make_loss_sum_fn
+from jaxconnectome.model import ConnectomeJEPA, count_params
+from jaxconnectome.optim import build_optimizer, lr_multiplier
+from jaxconnectome.run_log import RunLogger, TrainTimer, train_line, val_line, write_json_atomic
+from jaxconnectome.settings import Settings, check_batch_layout
+from jaxconnectome.train_step import LossConfig, make_train_step
+
+RUNS_DIR = Path("runs")
+FINEWEB_HINT = (
+    "Download the challenge's sp1024 export from the Hugging Face dataset repo willdepueoai/parameter-golf "
+    "(datasets/fineweb10B_sp1024/ and tokenizers/fineweb_1024_bpe.model) and set DATA_PATH and TOKENIZER_PATH "
+    "to them, make shards from your own text with `python -m jaxconnectome.data prepare`, "
+    "or train the embedded demo with `python train.py --config demo`"
+)
+
+
+def train_pattern(data_path: str) -> str:
+    return str(Path(data_path) / "fineweb_train_*.bin")
+
+
+def val_pattern(data_path: str) -> str:
+    return str(Path(data_path) / "fineweb_val_*.bin")
+
+
+def build_model(settings: Settings, platform: str) -> ConnectomeJEPA:
+    graph = connectome.load_connectome()
+    mask = connectome.hop_mask(settings.topology, settings.signal_flow, settings.seed)
+    config = settings.model_config(platform)
+    return ConnectomeJEPA(config, mask, graph.sensory_idx, graph.motor_idx, rngs=nnx.Rngs(params=settings.seed))
+
+
+def loss_config(settings: Settings) -> LossConfig:
+    return LossConfig(
+        jepa_weight=settings.jepa_weight,
+        sigreg_weight=settings.sigreg_weight,
+        mask_ratio=settings.mask_ratio,
+        mask_span_length=settings.mask_span_length,
+        sigreg_slices=settings.sigreg_slices,
+        sigreg_knots=settings.sigreg_knots,
+    )
+
+
+def check_training_data(data_path: str) -> None:
+    """Fail before any run output is written when the training shards are missing."""
+    try:
+        find_shards(train_pattern(data_path))
+    except DataError:
+        raise DataError(f"DATA_PATH={data_path}: no fineweb_train_*.bin shards found. {FINEWEB_HINT}") from None
+
+
+def prepare_demo(settings: Settings, run_dir: Path, log: RunLogger) -> Settings:
+    """Build the demo corpus, tokenizer and shards in the run folder and point the settings at them."""
+    log.line("demo_data: building a corpus from Python's bundled documentation")
+    data_dir, tokenizer_path = prepare_demo_data(run_dir / "data")
+    return dataclasses.replace(settings, data_path=str(data_dir), tokenizer_path=str(tokenizer_path))
+
+
+def header_lines(settings: Settings, model, num_train_shards: int, val: ValidationSet, world_size: int, accum: int):
+    s = settings
+    params = count_params(model)
+    adjacency = connectome.build_topology(s.topology, s.seed)
+    return [
+        f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={s.tokenizer_path}",
+        f"train_loader:dataset:{Path(s.data_path).name} train_shards:{num_train_shards}",
+        f"val_loader:shards pattern={val_pattern(s.data_path)} tokens:{val.token_count}",
+        connectome.summary_line(adjacency, s.topology),
+        f"model_params:{params} trainable:{params}",
+        f"architecture: embed_dim={s.embed_dim} num_hops={s.num_hops} cross_attn_every={s.cross_attn_every} "
+        f"head_dim={s.head_dim} num_attn_heads={s.num_attn_heads} skip_every={s.skip_every} "
+        f"num_channels={s.num_channels} lr_schedule={s.lr_schedule}",
+        f"jepa: mask_ratio={s.mask_ratio} mask_span={s.mask_span_length} jepa_weight={s.jepa_weight} "
+        f"sigreg_weight={s.sigreg_weight}",
+        f"optimizer: AdamW lr={s.learning_rate} wd={s.weight_decay}",
+        f"world_size:{world_size} grad_accum_steps:{accum}",
+        f"train_batch_tokens:{s.train_batch_tokens} train_seq_len:{s.train_seq_len} iterations:{s.iterations} "
+        f"warmup_steps:{s.warmup_steps} max_wallclock_seconds:{s.max_wallclock_seconds:.3f}",
+        f"precision: param_dtype={s.param_dtype} compute_dtype={model.config.compute_dtype} "
+        f"signal_flow={s.signal_flow} platform={jax.default_backend()} devices={jax.device_count()}",
+    ]
+
+
+def should_log_train(step: int, every: int) -> bool:
+    return step <= 10 or (every > 0 and step % every == 0)
+
+
+def run(settings: Settings) -> dict:
+    """Train as the settings say; return the final validation numbers and the run folder."""
+    # NOTE: one data-parallel worker for now: batches carry a worker axis W of size 1 and
+    # the step runs on the default device only.
+    world_size = 1
+    accum = check_batch_layout(settings, world_size)
+    if not settings.demo_data:
+        check_training_data(settings.data_path)
+    run_dir = RUNS_DIR / settings.run_id
+    log = RunLogger(run_dir)
+    try:
+        return _run(settings, run_dir, log, world_size, accum)
+    finally:
+        log.close()
+
+
+def _run(settings: Settings, run_dir: Path, log: RunLogger, world_size: int, accum: int) -> dict:
+    platform = jax.default_backend()
+    if settings.demo_data:
+        settings = prepare_demo(settings, run_dir, log)
+
+    tokenizer = load_tokenizer(settings.tokenizer_path, settings.vocab_size)
+    tables = build_byte_tables(tokenizer, settings.vocab_size)
+    val = build_validation_set(val_pattern(settings.data_path), settings.train_seq_len, tables)
+    loader = TrainLoader(train_pattern(settings.data_path), world_size)
+
+    model = build_model(settings, platform)
+    optimizer = build_optimizer(
+        settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2, settings.grad_clip_norm
+    )
+    state, step_fn = make_train_step(model, optimizer, loss_config(settings))
+    graphdef, _, buffers = nnx.split(model, nnx.Param, ...)
+    loss_sum_fn = make_loss_sum_fn(graphdef, buffers)
+    val_batch_seqs = max(1, settings.val_batch_size // (accum * settings.train_seq_len))
+
+    resolved = dataclasses.asdict(settings) | {
+        "world_size": world_size,
+        "grad_accum_steps_resolved": accum,
+        "compute_dtype_resolved": model.config.compute_dtype,
+        "platform": platform,
+    }
+    write_json_atomic(run_dir / "config.json", resolved)
+    num_train_shards = len(find_shards(train_pattern(settings.data_path)))
+    for line in header_lines(settings, model, num_train_shards, val, world_size, accum):
+        log.line(line)
+
+    base_key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
+    schedule = settings.schedule_config()
+    iterations = settings.iterations
+    timer = TrainTimer()
+    stop_after = None
+    step = 0
+    result = {"run_dir": str(run_dir)}
+    record = {}  # metrics.jsonl gets one object per logged step, train and val merged
+    while True:
+        last_step = step == iterations or (stop_after is not None and step >= stop_after)
+        if last_step or (settings.val_loss_every > 0 and step % settings.val_loss_every == 0):
+            timer.pause()
+            val_loss, val_bpb = evaluate(state.params, loss_sum_fn, val, val_batch_seqs)
+            train_ms = timer.elapsed_ms()
+            log.line(val_line(step, iterations, val_loss, val_bpb, train_ms))
+            record |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
+            result |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
+            timer.resume()
+        if record:
+            log.record(record)
+            record = {}
+        if last_step:
+            if stop_after is not None and step < iterations:
+                log.line(f"stopping_early: wallclock_cap train_time:{timer.elapsed_ms():.0f}ms step:{step}/{iterations}")
+            break
+
+        multiplier = lr_multiplier(step, schedule, timer.elapsed_ms())
+        inputs, targets = loader.next_batch(settings.train_batch_tokens, settings.train_seq_len, accum)
+        state, metrics = step_fn(state, jnp.asarray(inputs), jnp.asarray(targets), base_key, multiplier)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        step += 1
+        train_ms = timer.elapsed_ms()
+        if not all(math.isfinite(v) for v in metrics.values()):
+            log.line(f"error: non-finite loss at step {step}: {metrics}")
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        lr = settings.learning_rate * multiplier
+        if should_log_train(step, settings.train_log_every):
+            log.line(train_line(step, iterations, metrics, lr, train_ms))
+            losses = {name: metrics[name] for name in ("ce", "jepa", "sigreg")}
+            record = {"step": step, "lr": lr, "train_time_ms": train_ms} | losses
+        log.progress(step, iterations, train_ms, metrics["ce"])
+        cap_ms = 1000.0 * settings.max_wallclock_seconds
+        if settings.max_wallclock_seconds > 0 and stop_after is None and train_ms >= cap_ms:
+            stop_after = step
+
+    log_peak_memory(log)
+    result["params"] = state.params
+    return result
+
+
+def log_peak_memory(log: RunLogger) -> None:
+    """Print the reference's peak memory line where the backend reports memory statistics."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        peak = stats["peak_bytes_in_use"] // 2**20
+        reserved = stats.get("bytes_reserved", stats.get("bytes_limit", 0)) // 2**20
+        log.line(f"peak memory allocated: {peak} MiB reserved: {reserved} MiB")
+
