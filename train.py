@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="settings (--set name=value, or the upper-case environment variable):\n" + "\n".join(help_lines()),
     )
     parser.add_argument("--config", help="config name in configs/ (e.g. demo, primary) or a path to a .py config")
+    parser.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: address of process 0's coordinator")
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes (one per host)")
+    parser.add_argument("--process-id", type=int, help="multi-host: index of this process, 0 to num-processes - 1")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one setting; repeatable (e.g. --set iterations=200)",
@@ -34,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = resolve_settings(args.config, overrides=args.overrides)
-        from jaxconnectome import trainer
+        from jaxconnectome import distributed, trainer
 
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         trainer.run(settings)
     except (SettingsError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -49,6 +49,7 @@ class Settings:
     train_seq_len: int = _field(1024, "sequence length in tokens")
     max_wallclock_seconds: float = _field(600.0, "stop after the step that crosses this training time (<= 0: no cap)")
     grad_accum_steps: int = _field(0, "micro-steps per optimiser step (0: max(1, 8 // devices), as the reference)")
+    fsdp: int = _field(1, "devices per parameter-sharding group; parameters and Adam state split over them (1: none)")
     # Model.
     vocab_size: int = _field(1024, "vocabulary size; must equal the tokenizer's")
     embed_dim: int = _field(768, "embedding width E")
@@ -193,7 +194,7 @@ def resolve_settings(
 def check_settings(s: Settings) -> None:
     """Reject values no run could use; the device-dependent divisibility is checked later."""
     positive = (
-        "val_batch_size", "iterations", "train_batch_tokens", "train_seq_len", "vocab_size", "embed_dim",
+        "val_batch_size", "iterations", "train_batch_tokens", "train_seq_len", "vocab_size", "embed_dim", "fsdp",
         "num_hops", "cross_attn_every", "head_dim", "num_attn_heads", "num_channels", "sigreg_slices",
         "learning_rate", "logit_softcap", "rope_base",
     )

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxconnectome import losses
+from jaxconnectome import losses, sharding
 from jaxconnectome.model import ConnectomeJEPA
 
 
@@ -64,17 +65,24 @@ def worker_losses(
     return {"total": total, "ce": ce, "jepa": jepa, "sigreg": sigreg}
 
 
-def micro_step_loss(params, graphdef, buffers, inputs_WBS, targets_WBS, key, config: LossConfig):
+def micro_step_loss(params, graphdef, buffers, inputs_WBS, targets_WBS, keys_W, config: LossConfig):
     """Return the workers' mean total loss for one micro-step, and the mean of each loss."""
     model = nnx.merge(graphdef, params, buffers)
-    keys = jax.random.split(key, inputs_WBS.shape[0])
-    per_worker = jax.vmap(lambda x, y, k: worker_losses(model, x, y, k, config))(inputs_WBS, targets_WBS, keys)
+    per_worker = jax.vmap(lambda x, y, k: worker_losses(model, x, y, k, config))(inputs_WBS, targets_WBS, keys_W)
     means = jax.tree.map(jnp.mean, per_worker)
     return means["total"], means
 
 
-def step_key(base_key: jax.Array, step: jax.Array) -> jax.Array:
-    return jax.random.fold_in(base_key, step)
+def worker_keys(base_key: jax.Array, step: jax.Array, num_micro: int, num_workers: int) -> jax.Array:
+    """Return (A, W) keys: fold_in(fold_in(base_key, step), a * W + w).
+
+    Indexing by the global micro-batch number a * W + w makes a run with A micro-steps on
+    W devices draw the same masks and projections as one with A * W micro-steps on one
+    device, so the two give the same numbers.
+    """
+    step_key = jax.random.fold_in(base_key, step)
+    index = jnp.arange(num_micro * num_workers).reshape(num_micro, num_workers)
+    return jax.vmap(jax.vmap(lambda i: jax.random.fold_in(step_key, i)))(index)
 
 
 def train_step(
@@ -91,21 +99,20 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Accumulate gradients of total / A over the A micro-steps, then apply one AdamW update.
 
-    Randomness is `fold_in(base_key, step)` then one key per micro-step and worker, so a
-    step's masks and projections do not depend on how the run was split into processes.
+    The gradient of the mean over workers equals DDP's average of per-worker gradients.
     """
-    num_micro = inputs_AWBS.shape[0]
-    micro_keys = jax.random.split(step_key(base_key, state.step), num_micro)
+    num_micro, num_workers = inputs_AWBS.shape[:2]
+    keys_AW = worker_keys(base_key, state.step, num_micro, num_workers)
     grad_fn = jax.grad(micro_step_loss, has_aux=True)
 
     def accumulate(grads_sum, xs):
-        inputs, targets, key = xs
-        grads, metrics = grad_fn(state.params, graphdef, buffers, inputs, targets, key, config)
+        inputs, targets, keys = xs
+        grads, metrics = grad_fn(state.params, graphdef, buffers, inputs, targets, keys, config)
         grads_sum = jax.tree.map(lambda acc, g: acc + g.astype(acc.dtype) / num_micro, grads_sum, grads)
         return grads_sum, metrics
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    grads, metrics = jax.lax.scan(accumulate, zeros, (inputs_AWBS, targets_AWBS, micro_keys))
+    grads, metrics = jax.lax.scan(accumulate, zeros, (inputs_AWBS, targets_AWBS, keys_AW))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
 
     hyperparams = {**state.opt_state.hyperparams, "lr_multiplier": jnp.asarray(lr_multiplier, jnp.float32)}
@@ -116,11 +123,34 @@ def train_step(
     return new_state, jax.tree.map(jnp.mean, metrics)
 
 
-def make_train_step(model: ConnectomeJEPA, optimizer: optax.GradientTransformation, config: LossConfig):
-    """Split the model and return (initial state, jitted step(state, x, y, key, lr_multiplier))."""
+def make_train_step(
+    model: ConnectomeJEPA,
+    optimizer: optax.GradientTransformation,
+    config: LossConfig,
+    mesh: Mesh | None = None,
+):
+    """Place the train state on `mesh` and return (state, jitted step(state, x, y, key, lr_multiplier)).
+
+    Without a mesh the state lives on one device. The step donates the state, so the state
+    gets its own copy of the parameters and `model` stays usable.
+    """
+    mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.devices()[:1])
     graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
-    # The step donates the state, so it gets its own copy and `model` stays usable.
-    params = jax.tree.map(jnp.copy, params)
-    state = TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+
+    def init(params):
+        return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+
+    abstract_state = jax.eval_shape(init, params)
+    state_shardings = sharding.state_shardings(mesh, abstract_state, params)
+    state = jax.jit(init, out_shardings=state_shardings)(jax.tree.map(jnp.copy, params))
+
+    batch = sharding.batch_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
     step = functools.partial(train_step, graphdef=graphdef, buffers=buffers, optimizer=optimizer, config=config)
-    return state, jax.jit(step, donate_argnums=0)
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_shardings, batch, batch, replicated, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    return state, jitted

@@ -12,10 +12,11 @@ import math
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from jaxconnectome import connectome
+from jaxconnectome import connectome, sharding
 from jaxconnectome.data import (
     DataError,
     TrainLoader,
@@ -28,7 +29,7 @@ from jaxconnectome.evaluation import ValidationSet, build_validation_set, evalua
 from jaxconnectome.model import ConnectomeJEPA, count_params
 from jaxconnectome.optim import build_optimizer, lr_multiplier
 from jaxconnectome.run_log import RunLogger, TrainTimer, train_line, val_line, write_json_atomic
-from jaxconnectome.settings import Settings, check_batch_layout
+from jaxconnectome.settings import Settings, SettingsError, check_batch_layout
 from jaxconnectome.train_step import LossConfig, make_train_step
 
 RUNS_DIR = Path("runs")
@@ -111,38 +112,44 @@ def should_log_train(step: int, every: int) -> bool:
 
 def run(settings: Settings) -> dict:
     """Train as the settings say; return the final validation numbers and the run folder."""
-    # NOTE: one data-parallel worker for now: batches carry a worker axis W of size 1 and
-    # the step runs on the default device only.
-    world_size = 1
+    try:
+        mesh = sharding.make_mesh(settings.fsdp)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+    world_size = mesh.devices.size
     accum = check_batch_layout(settings, world_size)
+    settings = dataclasses.replace(settings, run_id=process_zero_run_id(settings.run_id))
     if not settings.demo_data:
         check_training_data(settings.data_path)
     run_dir = RUNS_DIR / settings.run_id
-    log = RunLogger(run_dir)
+    log = RunLogger(run_dir, is_main=jax.process_index() == 0)
     try:
-        return _run(settings, run_dir, log, world_size, accum)
+        return _run(settings, run_dir, log, mesh, accum)
     finally:
         log.close()
 
 
-def _run(settings: Settings, run_dir: Path, log: RunLogger, world_size: int, accum: int) -> dict:
+def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int) -> dict:
     platform = jax.default_backend()
+    world_size = mesh.devices.size
     if settings.demo_data:
         settings = prepare_demo(settings, run_dir, log)
 
     tokenizer = load_tokenizer(settings.tokenizer_path, settings.vocab_size)
     tables = build_byte_tables(tokenizer, settings.vocab_size)
     val = build_validation_set(val_pattern(settings.data_path), settings.train_seq_len, tables)
-    loader = TrainLoader(train_pattern(settings.data_path), world_size)
+    # Each process reads only the slices of the workers on its own devices.
+    loader = TrainLoader(train_pattern(settings.data_path), world_size, ranks=sharding.local_workers(mesh))
 
     model = build_model(settings, platform)
     optimizer = build_optimizer(
         settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2, settings.grad_clip_norm
     )
-    state, step_fn = make_train_step(model, optimizer, loss_config(settings))
+    state, step_fn = make_train_step(model, optimizer, loss_config(settings), mesh)
     graphdef, _, buffers = nnx.split(model, nnx.Param, ...)
-    loss_sum_fn = make_loss_sum_fn(graphdef, buffers)
-    val_batch_seqs = max(1, settings.val_batch_size // (accum * settings.train_seq_len))
+    loss_sum_fn = make_loss_sum_fn(graphdef, buffers, mesh)
+    # The reference's per-worker evaluation batch: VAL_BATCH_SIZE / (W * A) tokens.
+    val_batch_seqs = max(1, settings.val_batch_size // (world_size * accum * settings.train_seq_len))
 
     resolved = dataclasses.asdict(settings) | {
         "world_size": world_size,
@@ -150,7 +157,8 @@ def _run(settings: Settings, run_dir: Path, log: RunLogger, world_size: int, acc
         "compute_dtype_resolved": model.config.compute_dtype,
         "platform": platform,
     }
-    write_json_atomic(run_dir / "config.json", resolved)
+    if log.is_main:
+        write_json_atomic(run_dir / "config.json", resolved)
     num_train_shards = len(find_shards(train_pattern(settings.data_path)))
     for line in header_lines(settings, model, num_train_shards, val, world_size, accum):
         log.line(line)
@@ -167,7 +175,7 @@ def _run(settings: Settings, run_dir: Path, log: RunLogger, world_size: int, acc
         last_step = step == iterations or (stop_after is not None and step >= stop_after)
         if last_step or (settings.val_loss_every > 0 and step % settings.val_loss_every == 0):
             timer.pause()
-            val_loss, val_bpb = evaluate(state.params, loss_sum_fn, val, val_batch_seqs)
+            val_loss, val_bpb = evaluate(state.params, loss_sum_fn, val, val_batch_seqs, mesh)
             train_ms = timer.elapsed_ms()
             log.line(val_line(step, iterations, val_loss, val_bpb, train_ms))
             record |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
@@ -181,12 +189,13 @@ def _run(settings: Settings, run_dir: Path, log: RunLogger, world_size: int, acc
                 log.line(f"stopping_early: wallclock_cap train_time:{timer.elapsed_ms():.0f}ms step:{step}/{iterations}")
             break
 
-        multiplier = lr_multiplier(step, schedule, timer.elapsed_ms())
+        multiplier = lr_multiplier(step, schedule, process_zero_value(timer.elapsed_ms()))
         inputs, targets = loader.next_batch(settings.train_batch_tokens, settings.train_seq_len, accum)
-        state, metrics = step_fn(state, jnp.asarray(inputs), jnp.asarray(targets), base_key, multiplier)
+        inputs, targets = sharding.global_batch(mesh, inputs), sharding.global_batch(mesh, targets)
+        state, metrics = step_fn(state, inputs, targets, base_key, multiplier)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         step += 1
-        train_ms = timer.elapsed_ms()
+        train_ms = process_zero_value(timer.elapsed_ms())
         if not all(math.isfinite(v) for v in metrics.values()):
             log.line(f"error: non-finite loss at step {step}: {metrics}")
             raise FloatingPointError(f"non-finite loss at step {step}")
@@ -203,6 +212,24 @@ def _run(settings: Settings, run_dir: Path, log: RunLogger, world_size: int, acc
     log_peak_memory(log)
     result["params"] = state.params
     return result
+
+
+def process_zero_value(value: float) -> float:
+    """Return process 0's value on every process, so that time-based decisions agree."""
+    if jax.process_count() == 1:
+        return value
+    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+
+
+def process_zero_run_id(run_id: str) -> str:
+    """Return process 0's run id on every process; each drew its own random UUID."""
+    if jax.process_count() == 1:
+        return run_id
+    encoded = np.zeros(256, np.uint8)
+    raw = run_id.encode()[:256]
+    encoded[: len(raw)] = np.frombuffer(raw, np.uint8)
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
+    return bytes(shared[shared != 0]).decode()
 
 
 def log_peak_memory(log: RunLogger) -> None:
