@@ -32,18 +32,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Imported here so that --help and settings errors do not wait for JAX to load.
+    # Imported after parsing so that --help answers without loading the training code.
+    from jaxconnectome import distributed, trainer
+    from jaxconnectome.checkpoints import CheckpointError
     from jaxconnectome.data import DataError
 
     try:
         settings = resolve_settings(args.config, overrides=args.overrides)
-        from jaxconnectome import distributed, trainer
-
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         trainer.run(settings)
     except (SettingsError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (trainer.TrainingDiverged, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

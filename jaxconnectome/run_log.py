@@ -70,6 +70,29 @@ class RunLogger:
         self._metrics.write(json.dumps(record, sort_keys=True) + "\n")
         self._metrics.flush()
 
+    def truncate_records(self, after_step: int) -> None:
+        """Drop metrics.jsonl records past `after_step`, written by a run that was then interrupted.
+
+        The file is rewritten through a temporary file, so a crash keeps the old one.
+        """
+        if not self.is_main:
+            return
+        self._metrics.close()
+        path = self.run_dir / "metrics.jsonl"
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if record.get("step", 0) <= after_step:
+                kept.append(line + "\n")
+        with tempfile.NamedTemporaryFile("w", dir=self.run_dir, prefix=".metrics.", delete=False) as tmp:
+            tmp.writelines(kept)
+        os.chmod(tmp.name, 0o644)
+        os.replace(tmp.name, path)
+        self._metrics = open(path, "a", encoding="utf-8")
+
     def progress(self, step: int, total: int, train_ms: float, ce: float | None) -> None:
         if not self._show_progress:
             return

@@ -49,6 +49,8 @@ class Settings:
     train_seq_len: int = _field(1024, "sequence length in tokens")
     max_wallclock_seconds: float = _field(600.0, "stop after the step that crosses this training time (<= 0: no cap)")
     grad_accum_steps: int = _field(0, "micro-steps per optimiser step (0: max(1, 8 // devices), as the reference)")
+    checkpoint_every: int = _field(1000, "save an orbax checkpoint every N steps (0: only on SIGTERM/SIGINT and at the end)")
+    checkpoints_kept: int = _field(3, "number of newest checkpoints kept in runs/<run_id>/checkpoints/")
     fsdp: int = _field(1, "devices per parameter-sharding group; parameters and Adam state split over them (1: none)")
     # Model.
     vocab_size: int = _field(1024, "vocabulary size; must equal the tokenizer's")
@@ -194,14 +196,14 @@ def resolve_settings(
 def check_settings(s: Settings) -> None:
     """Reject values no run could use; the device-dependent divisibility is checked later."""
     positive = (
-        "val_batch_size", "iterations", "train_batch_tokens", "train_seq_len", "vocab_size", "embed_dim", "fsdp",
+        "val_batch_size", "iterations", "train_batch_tokens", "train_seq_len", "vocab_size", "embed_dim", "fsdp", "checkpoints_kept",
         "num_hops", "cross_attn_every", "head_dim", "num_attn_heads", "num_channels", "sigreg_slices",
         "learning_rate", "logit_softcap", "rope_base",
     )
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name.upper()}={getattr(s, name)} must be positive")
-    for name in ("val_loss_every", "train_log_every", "warmup_steps", "warmdown_iters", "skip_every",
+    for name in ("val_loss_every", "train_log_every", "checkpoint_every", "warmup_steps", "warmdown_iters", "skip_every",
                  "grad_accum_steps", "weight_decay", "grad_clip_norm", "jepa_weight", "sigreg_weight"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name.upper()}={getattr(s, name)} must not be negative")

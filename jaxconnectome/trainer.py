@@ -9,28 +9,35 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from jaxconnectome import connectome, sharding
+from jaxconnectome.checkpoints import Checkpointer
 from jaxconnectome.data import (
     DataError,
     TrainLoader,
     build_byte_tables,
+    check_token_ids,
     find_shards,
     load_tokenizer,
     prepare_demo_data,
+    read_shard,
 )
 from jaxconnectome.evaluation import ValidationSet, build_validation_set, evaluate, make_loss_sum_fn
 from jaxconnectome.model import ConnectomeJEPA, count_params
 from jaxconnectome.optim import build_optimizer, lr_multiplier
 from jaxconnectome.run_log import RunLogger, TrainTimer, train_line, val_line, write_json_atomic
 from jaxconnectome.settings import Settings, SettingsError, check_batch_layout
-from jaxconnectome.train_step import LossConfig, make_train_step
+from jaxconnectome.train_step import LossConfig, TrainState, make_train_step
 
 RUNS_DIR = Path("runs")
 FINEWEB_HINT = (
@@ -111,7 +118,11 @@ def should_log_train(step: int, every: int) -> bool:
 
 
 def run(settings: Settings) -> dict:
-    """Train as the settings say; return the final validation numbers and the run folder."""
+    """Train as the settings say; return the final validation numbers and the run folder.
+
+    Every input is checked before the run folder is created, except with DEMO_DATA, whose
+    data is built inside the run folder.
+    """
     try:
         mesh = sharding.make_mesh(settings.fsdp)
     except ValueError as error:
@@ -119,37 +130,85 @@ def run(settings: Settings) -> dict:
     world_size = mesh.devices.size
     accum = check_batch_layout(settings, world_size)
     settings = dataclasses.replace(settings, run_id=process_zero_run_id(settings.run_id))
+    run_dir = RUNS_DIR / settings.run_id
+    data = None
     if not settings.demo_data:
         check_training_data(settings.data_path)
-    run_dir = RUNS_DIR / settings.run_id
+        data = load_data(settings, mesh)
     log = RunLogger(run_dir, is_main=jax.process_index() == 0)
     try:
-        return _run(settings, run_dir, log, mesh, accum)
+        if data is None:
+            settings = prepare_demo(settings, run_dir, log)
+            data = load_data(settings, mesh)
+        return _run(settings, run_dir, log, mesh, accum, data)
     finally:
         log.close()
 
 
-def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int) -> dict:
-    platform = jax.default_backend()
-    world_size = mesh.devices.size
-    if settings.demo_data:
-        settings = prepare_demo(settings, run_dir, log)
+@dataclasses.dataclass
+class RunData:
+    validation: ValidationSet
+    loader: TrainLoader
+    num_train_shards: int
 
+
+def load_data(settings: Settings, mesh) -> RunData:
+    """Load the tokenizer and validation set and check every shard against VOCAB_SIZE."""
     tokenizer = load_tokenizer(settings.tokenizer_path, settings.vocab_size)
     tables = build_byte_tables(tokenizer, settings.vocab_size)
     val = build_validation_set(val_pattern(settings.data_path), settings.train_seq_len, tables)
+    check_token_ids(val.inputs, settings.vocab_size, val_pattern(settings.data_path))
+    check_token_ids(val.targets, settings.vocab_size, val_pattern(settings.data_path))
+    train_shards = find_shards(train_pattern(settings.data_path))
+    for path in train_shards:
+        check_token_ids(read_shard(path), settings.vocab_size, path)
     # Each process reads only the slices of the workers on its own devices.
-    loader = TrainLoader(train_pattern(settings.data_path), world_size, ranks=sharding.local_workers(mesh))
+    loader = TrainLoader(train_pattern(settings.data_path), mesh.devices.size, ranks=sharding.local_workers(mesh))
+    return RunData(validation=val, loader=loader, num_train_shards=len(train_shards))
 
+
+@dataclasses.dataclass
+class Run:
+    """Everything the training loop works with, built once from the settings."""
+
+    settings: Settings
+    run_dir: Path
+    log: RunLogger
+    mesh: Any
+    accum: int
+    model: ConnectomeJEPA
+    loader: TrainLoader
+    val: ValidationSet
+    state: TrainState
+    step_fn: Callable
+    loss_sum_fn: Callable
+    val_batch_seqs: int
+    checkpointer: Checkpointer
+
+
+def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, data: RunData) -> dict:
+    run = setup(settings, run_dir, log, mesh, accum, data)
+    stop = StopSignal()
+    try:
+        return train_loop(run, stop)
+    finally:
+        stop.restore()
+        run.checkpointer.close()
+
+
+def setup(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, data: RunData) -> Run:
+    """Build the model, train state and checkpointer, and write the run's header."""
+    platform = jax.default_backend()
+    world_size = mesh.devices.size
     model = build_model(settings, platform)
     optimizer = build_optimizer(
         settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2, settings.grad_clip_norm
     )
     state, step_fn = make_train_step(model, optimizer, loss_config(settings), mesh)
     graphdef, _, buffers = nnx.split(model, nnx.Param, ...)
-    loss_sum_fn = make_loss_sum_fn(graphdef, buffers, mesh)
     # The reference's per-worker evaluation batch: VAL_BATCH_SIZE / (W * A) tokens.
     val_batch_seqs = max(1, settings.val_batch_size // (world_size * accum * settings.train_seq_len))
+    checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoints_kept, warn=log.line)
 
     resolved = dataclasses.asdict(settings) | {
         "world_size": world_size,
@@ -159,46 +218,96 @@ def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int) ->
     }
     if log.is_main:
         write_json_atomic(run_dir / "config.json", resolved)
-    num_train_shards = len(find_shards(train_pattern(settings.data_path)))
-    for line in header_lines(settings, model, num_train_shards, val, world_size, accum):
+    for line in header_lines(settings, model, data.num_train_shards, data.validation, world_size, accum):
         log.line(line)
+    return Run(
+        settings=settings, run_dir=run_dir, log=log, mesh=mesh, accum=accum, model=model, loader=data.loader,
+        val=data.validation,
+        state=state, step_fn=step_fn, loss_sum_fn=make_loss_sum_fn(graphdef, buffers, mesh),
+        val_batch_seqs=val_batch_seqs, checkpointer=checkpointer,
+    )
 
-    base_key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
-    schedule = settings.schedule_config()
+
+def checkpoint_meta(run: Run, step: int, train_ms: float, base_key: jax.Array) -> dict:
+    return {
+        "step": step,
+        "train_time_ms": train_ms,
+        "data": run.loader.state(),
+        "base_key": np.asarray(base_key).tolist(),  # a raw uint32 key from jax.random.PRNGKey
+    }
+
+
+def resume(run: Run, timer: TrainTimer) -> tuple[int, jax.Array | None]:
+    """Load the newest readable checkpoint into `run`; return its step (0 without one) and key."""
+    restored = run.checkpointer.restore_latest(run.state)
+    if restored is None:
+        return 0, None
+    run.state, meta = restored
+    step = int(meta["step"])
+    run.loader.restore(meta["data"])
+    timer.total_ms = float(meta["train_time_ms"])
+    run.log.line(f"resumed: step:{step} from {run.checkpointer.directory} train_time:{timer.total_ms:.0f}ms")
+    run.log.truncate_records(after_step=step)
+    return step, jnp.asarray(meta["base_key"], jnp.uint32)
+
+
+def train_loop(run: Run, stop: "StopSignal") -> dict:
+    """Run the reference's loop from step 0 or the latest checkpoint; return the final numbers."""
+    settings, log = run.settings, run.log
     iterations = settings.iterations
+    schedule = settings.schedule_config()
     timer = TrainTimer()
+    step, saved_key = resume(run, timer)
+    base_key = saved_key if saved_key is not None else jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
+    resumed_step = step if step > 0 else None
     stop_after = None
-    step = 0
-    result = {"run_dir": str(run_dir)}
+    result = {"run_dir": str(run.run_dir)}
     record = {}  # metrics.jsonl gets one object per logged step, train and val merged
+    timer.resume()  # training time starts here, after the resume work
     while True:
-        last_step = step == iterations or (stop_after is not None and step >= stop_after)
-        if last_step or (settings.val_loss_every > 0 and step % settings.val_loss_every == 0):
+        cap_reached = stop_after is not None and step >= stop_after
+        last_step = step == iterations or cap_reached
+        # A resumed run validated this step before its checkpoint was written.
+        validate_now = settings.val_loss_every > 0 and step % settings.val_loss_every == 0 and step != resumed_step
+        if last_step or validate_now:
             timer.pause()
-            val_loss, val_bpb = evaluate(state.params, loss_sum_fn, val, val_batch_seqs, mesh)
+            val_loss, val_bpb = evaluate(run.state.params, run.loss_sum_fn, run.val, run.val_batch_seqs, run.mesh)
             train_ms = timer.elapsed_ms()
             log.line(val_line(step, iterations, val_loss, val_bpb, train_ms))
             record |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
             result |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
             timer.resume()
-        if record:
+        # The checkpoint of a resumed step was saved after that step's record was written.
+        if record and step != resumed_step:
             log.record(record)
-            record = {}
+        record = {}
+
+        every = settings.checkpoint_every
+        if last_step or stop.received() or (every > 0 and step > 0 and step % every == 0):
+            run.checkpointer.save(step, run.state, checkpoint_meta(run, step, timer.elapsed_ms(), base_key))
         if last_step:
-            if stop_after is not None and step < iterations:
+            if cap_reached and step < iterations:
                 log.line(f"stopping_early: wallclock_cap train_time:{timer.elapsed_ms():.0f}ms step:{step}/{iterations}")
             break
+        if stop.received():
+            log.line(f"stopping: {stop.name} received, checkpoint saved at step:{step}/{iterations}")
+            result["interrupted"] = True
+            return result
 
         multiplier = lr_multiplier(step, schedule, process_zero_value(timer.elapsed_ms()))
-        inputs, targets = loader.next_batch(settings.train_batch_tokens, settings.train_seq_len, accum)
-        inputs, targets = sharding.global_batch(mesh, inputs), sharding.global_batch(mesh, targets)
-        state, metrics = step_fn(state, inputs, targets, base_key, multiplier)
+        inputs, targets = run.loader.next_batch(settings.train_batch_tokens, settings.train_seq_len, run.accum)
+        inputs, targets = sharding.global_batch(run.mesh, inputs), sharding.global_batch(run.mesh, targets)
+        run.state, metrics = run.step_fn(run.state, inputs, targets, base_key, multiplier)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         step += 1
         train_ms = process_zero_value(timer.elapsed_ms())
         if not all(math.isfinite(v) for v in metrics.values()):
-            log.line(f"error: non-finite loss at step {step}: {metrics}")
-            raise FloatingPointError(f"non-finite loss at step {step}")
+            kept = run.checkpointer.steps()
+            raise TrainingDiverged(
+                f"non-finite loss at step {step} (ce={metrics['ce']} jepa={metrics['jepa']} sigreg={metrics['sigreg']}); "
+                f"the last good checkpoint is step {kept[-1] if kept else 'none'} in {run.checkpointer.directory}; "
+                "lower LEARNING_RATE or check the data"
+            )
         lr = settings.learning_rate * multiplier
         if should_log_train(step, settings.train_log_every):
             log.line(train_line(step, iterations, metrics, lr, train_ms))
@@ -210,8 +319,34 @@ def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int) ->
             stop_after = step
 
     log_peak_memory(log)
-    result["params"] = state.params
+    result["params"] = run.state.params
     return result
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class StopSignal:
+    """Turns SIGTERM and SIGINT into a request to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        self.name = signal.Signals(signum).name
+
+    def received(self) -> bool:
+        """Return whether a signal arrived, as process 0 saw it, so every process stops together."""
+        return bool(process_zero_value(1.0 if self.name else 0.0))
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def process_zero_value(value: float) -> float:
