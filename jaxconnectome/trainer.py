@@ -37,14 +37,15 @@ from jaxconnectome.model import ConnectomeJEPA, count_params
 from jaxconnectome.optim import build_optimizer, lr_multiplier
 from jaxconnectome.run_log import RunLogger, TrainTimer, train_line, val_line, write_json_atomic
 from jaxconnectome.settings import Settings, SettingsError, check_batch_layout
+from jaxconnectome.summary import run_summary_lines
 from jaxconnectome.train_step import LossConfig, TrainState, make_train_step
 
 RUNS_DIR = Path("runs")
 FINEWEB_HINT = (
     "Download the challenge's sp1024 export from the Hugging Face dataset repo willdepueoai/parameter-golf "
-    "(datasets/fineweb10B_sp1024/ and tokenizers/fineweb_1024_bpe.model) and set DATA_PATH and TOKENIZER_PATH "
-    "to them, make shards from your own text with `python -m jaxconnectome.data prepare`, "
-    "or train the embedded demo with `python train.py --config demo`"
+    "into ./data with `pip install -e \".[download]\"` and `python -m jaxconnectome.data download --variant sp1024 "
+    "--train-shards 10` (or set DATA_PATH and TOKENIZER_PATH to a copy), make shards from your own text with "
+    "`python -m jaxconnectome.data prepare`, or train the embedded demo with `python train.py --config demo`"
 )
 
 
@@ -219,6 +220,8 @@ def setup(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, d
     if log.is_main:
         write_json_atomic(run_dir / "config.json", resolved)
     for line in header_lines(settings, model, data.num_train_shards, data.validation, world_size, accum):
+        log.line(line)
+    for line in run_summary_lines(settings, model, world_size, accum, jax.devices()):
         log.line(line)
     return Run(
         settings=settings, run_dir=run_dir, log=log, mesh=mesh, accum=accum, model=model, loader=data.loader,

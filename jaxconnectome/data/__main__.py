@@ -1,4 +1,4 @@
-"""Command line for the data layer: `python -m jaxconnectome.data {prepare,inspect}`.
+"""Command line for the data layer: `python -m jaxconnectome.data {prepare,inspect,download}`.
 
 A DataError ends the program with `error: <message>` on stderr and exit code 2,
 without a traceback, because it reports bad input rather than a bug.
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .demo_corpus import DEMO_VAL_DOCUMENTS, prepare_demo_data
+from .download import DEFAULT_REMOTE_ROOT, DEFAULT_REPO_ID, DEFAULT_TRAIN_SHARDS, download, parse_variant
 from .prepare import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_DOCUMENTS, prepare
 from .shards import BOS_ID, DataError, check_token_ids, find_shards, read_shard
 from .tokenizer import load_tokenizer
@@ -89,7 +90,58 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="SentencePiece .model file; checks the token ids against it and prints a decoded sample",
     )
+
+    download_parser = commands.add_parser(
+        "download",
+        help="download the challenge's FineWeb shards and tokenizer from the Hugging Face Hub",
+        description=(
+            "Download every validation shard, the first N training shards and the tokenizer of the challenge's "
+            "FineWeb export into ROOT/datasets/fineweb10B_<variant>/ and ROOT/tokenizers/, the reference's default "
+            "DATA_PATH and TOKENIZER_PATH for ROOT=./data. Valid files already there are kept without a request. "
+            'Needs huggingface_hub (pip install -e ".[download]"); HF_ENDPOINT, HF_HUB_OFFLINE and the usual '
+            "proxy variables apply."
+        ),
+    )
+    download_parser.add_argument(
+        "--variant", default="sp1024", help="tokenizer variant sp<VOCAB_SIZE> (default: sp1024, the reference's)"
+    )
+    download_parser.add_argument(
+        "--train-shards",
+        type=int,
+        default=DEFAULT_TRAIN_SHARDS,
+        metavar="N",
+        help=f"training shards of 100M tokens to fetch, from the first (default: {DEFAULT_TRAIN_SHARDS}, "
+        "as in the reference's published runs)",
+    )
+    download_parser.add_argument(
+        "--output", type=Path, default=Path("data"), metavar="ROOT", help="folder to download into (default: ./data)"
+    )
+    download_parser.add_argument(
+        "--repo-id", default=DEFAULT_REPO_ID, help=f"Hugging Face dataset repo (default: {DEFAULT_REPO_ID})"
+    )
+    download_parser.add_argument(
+        "--remote-root",
+        default=DEFAULT_REMOTE_ROOT,
+        metavar="FOLDER",
+        help=f"folder of the export inside the repo, holding manifest.json (default: {DEFAULT_REMOTE_ROOT})",
+    )
     return parser
+
+
+def run_download(args: argparse.Namespace) -> None:
+    results = download(
+        variant=args.variant,
+        train_shards=args.train_shards,
+        output=args.output,
+        repo_id=args.repo_id,
+        remote_root=args.remote_root,
+    )
+    fetched = [result for result in results if result.status != "present"]
+    fetched_bytes = sum(result.size for result in fetched)
+    print(f"{len(fetched)} files downloaded ({fetched_bytes:,} bytes), {len(results) - len(fetched)} already present")
+    dataset_dir, _ = parse_variant(args.variant)
+    tokenizer = next(result.path for result in results if result.kind == "tokenizer")
+    print(f"DATA_PATH={args.output / 'datasets' / dataset_dir} TOKENIZER_PATH={tokenizer}")
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -176,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             run_prepare(args)
+        elif args.command == "download":
+            run_download(args)
         else:
             run_inspect(args)
     except DataError as error:
