@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing so that --help answers without loading the training code.
     from jaxconnectome import distributed, trainer
+    from jaxconnectome.artifact import ArtifactError
     from jaxconnectome.checkpoints import CheckpointError
     from jaxconnectome.data import DataError
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = resolve_settings(args.config, overrides=args.overrides)
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         trainer.run(settings)
-    except (SettingsError, DataError) as error:
+    except (SettingsError, DataError, ArtifactError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (trainer.TrainingDiverged, CheckpointError) as error:

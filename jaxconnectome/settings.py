@@ -51,6 +51,8 @@ class Settings:
     grad_accum_steps: int = _field(0, "micro-steps per optimiser step (0: max(1, 8 // devices), as the reference)")
     checkpoint_every: int = _field(1000, "save an orbax checkpoint every N steps (0: only on SIGTERM/SIGINT and at the end)")
     checkpoints_kept: int = _field(3, "number of newest checkpoints kept in runs/<run_id>/checkpoints/")
+    init_from: str = _field("", "start from this .pt/.ptz/compact artifact (the reference's or ours) when no checkpoint exists")
+    export_compact: bool = _field(False, "also write final_model.compact.zlib, storing only the hop weights the mask keeps")
     fsdp: int = _field(1, "devices per parameter-sharding group; parameters and Adam state split over them (1: none)")
     # Model.
     vocab_size: int = _field(1024, "vocabulary size; must equal the tokenizer's")

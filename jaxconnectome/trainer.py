@@ -21,6 +21,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from jaxconnectome import connectome, sharding
+from jaxconnectome.artifact import export_run, import_model, validation_evaluator
 from jaxconnectome.checkpoints import Checkpointer
 from jaxconnectome.data import (
     DataError,
@@ -33,7 +34,7 @@ from jaxconnectome.data import (
     read_shard,
 )
 from jaxconnectome.evaluation import ValidationSet, build_validation_set, evaluate, make_loss_sum_fn
-from jaxconnectome.model import ConnectomeJEPA, count_params
+from jaxconnectome.model import Buffer, ConnectomeJEPA, count_params
 from jaxconnectome.optim import build_optimizer, lr_multiplier
 from jaxconnectome.run_log import RunLogger, TrainTimer, train_line, val_line, write_json_atomic
 from jaxconnectome.settings import Settings, SettingsError, check_batch_layout
@@ -136,12 +137,13 @@ def run(settings: Settings) -> dict:
     if not settings.demo_data:
         check_training_data(settings.data_path)
         data = load_data(settings, mesh)
+    initial = read_initial_model(settings) if settings.init_from else None
     log = RunLogger(run_dir, is_main=jax.process_index() == 0)
     try:
         if data is None:
             settings = prepare_demo(settings, run_dir, log)
             data = load_data(settings, mesh)
-        return _run(settings, run_dir, log, mesh, accum, data)
+        return _run(settings, run_dir, log, mesh, accum, data, initial)
     finally:
         log.close()
 
@@ -187,8 +189,8 @@ class Run:
     checkpointer: Checkpointer
 
 
-def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, data: RunData) -> dict:
-    run = setup(settings, run_dir, log, mesh, accum, data)
+def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, data: RunData, initial) -> dict:
+    run = setup(settings, run_dir, log, mesh, accum, data, initial)
     stop = StopSignal()
     try:
         return train_loop(run, stop)
@@ -197,11 +199,16 @@ def _run(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, da
         run.checkpointer.close()
 
 
-def setup(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, data: RunData) -> Run:
+def setup(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, data: RunData, initial) -> Run:
     """Build the model, train state and checkpointer, and write the run's header."""
     platform = jax.default_backend()
     world_size = mesh.devices.size
+    checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoints_kept, warn=log.line)
     model = build_model(settings, platform)
+    # Resume order: the newest checkpoint of the run folder, else INIT_FROM, else fresh.
+    if initial is not None and not checkpointer.steps():
+        copy_initial_model(initial, model)
+        log.line(f"init_from: {settings.init_from}")
     optimizer = build_optimizer(
         settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2, settings.grad_clip_norm
     )
@@ -209,7 +216,6 @@ def setup(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, d
     graphdef, _, buffers = nnx.split(model, nnx.Param, ...)
     # The reference's per-worker evaluation batch: VAL_BATCH_SIZE / (W * A) tokens.
     val_batch_seqs = max(1, settings.val_batch_size // (world_size * accum * settings.train_seq_len))
-    checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoints_kept, warn=log.line)
 
     resolved = dataclasses.asdict(settings) | {
         "world_size": world_size,
@@ -323,7 +329,41 @@ def train_loop(run: Run, stop: "StopSignal") -> dict:
 
     log_peak_memory(log)
     result["params"] = run.state.params
+    export = export_run(
+        run.model, run.run_dir, params=run.state.params,
+        evaluate_model=validation_evaluator(run.val, run.val_batch_seqs, run.mesh), log=log.line,
+        compact=settings.export_compact, topology=settings.topology, signal_flow=settings.signal_flow,
+        seed=settings.seed,
+    )
+    result |= {"int8_zlib_bytes": export.int8_zlib_bytes, "roundtrip_val_loss": export.val_loss,
+               "roundtrip_val_bpb": export.val_bpb}
     return result
+
+
+def read_initial_model(settings: Settings) -> ConnectomeJEPA:
+    """Import the INIT_FROM artifact and check that its shape matches the model settings."""
+    config = settings.model_config(jax.default_backend())
+    imported, _ = import_model(settings.init_from, config, config.skip_every, config.cross_attn_every)
+    fields = ("vocab_size", "embed_dim", "num_hops", "cross_attn_every", "head_dim", "num_attn_heads",
+              "skip_every", "num_channels")
+    for name in fields:
+        if getattr(imported.config, name) != getattr(config, name):
+            raise SettingsError(
+                f"INIT_FROM={settings.init_from}: the artifact has {name}={getattr(imported.config, name)} but "
+                f"{name.upper()}={getattr(config, name)}; set the model settings to the artifact's"
+            )
+    return imported
+
+
+def copy_initial_model(imported: ConnectomeJEPA, model: ConnectomeJEPA) -> None:
+    """Copy parameters (cast to the model's PARAM_DTYPE) and hop masks from `imported` into `model`.
+
+    The masks are taken as the artifact stores them, dequantised, as the reference's own
+    round trip evaluates them.
+    """
+    dtype = model.tok_emb[...].dtype
+    nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), nnx.state(imported, nnx.Param)))
+    nnx.update(model, nnx.state(imported, Buffer))
 
 
 class TrainingDiverged(RuntimeError):
