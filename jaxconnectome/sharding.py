@@ -72,11 +72,17 @@ def make_mesh(fsdp: int = 1, devices: list | None = None) -> Mesh:
     return jax.make_mesh(shape, (DATA_AXIS, FSDP_AXIS), (AxisType.Auto, AxisType.Auto), devices=devices)
 
 
-def mesh_axis_size(mesh: Mesh, axes) -> int:
+def axis_names(axes) -> tuple[str, ...]:
+    """Return a rule's mesh axes as a tuple: None maps to (), "fsdp" to ("fsdp",)."""
     if axes is None:
-        return 1
-    names = axes if isinstance(axes, tuple) else (axes,)
-    return int(np.prod([mesh.shape[name] for name in names]))
+        return ()
+    if isinstance(axes, tuple):
+        return axes
+    return (axes,)
+
+
+def mesh_axis_size(mesh: Mesh, axes) -> int:
+    return int(np.prod([mesh.shape[name] for name in axis_names(axes)]))
 
 
 def logical_spec(mesh: Mesh, logical_axes: tuple[str, ...], shape: tuple[int, ...]) -> PartitionSpec:
@@ -89,9 +95,9 @@ def logical_spec(mesh: Mesh, logical_axes: tuple[str, ...], shape: tuple[int, ..
     used: set[str] = set()
     for name, size in zip(logical_axes, shape):
         axes = LOGICAL_RULES[name]
-        names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-        fits = names and not (set(names) & used) and size % mesh_axis_size(mesh, axes) == 0
-        if fits and mesh_axis_size(mesh, axes) > 1:
+        names = axis_names(axes)
+        parts = mesh_axis_size(mesh, axes)
+        if names and not set(names) & used and parts > 1 and size % parts == 0:
             spec.append(axes)
             used.update(names)
         else:
