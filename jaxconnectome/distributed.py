@@ -1,15 +1,20 @@
-"""Joining several processes (hosts) into one JAX runtime with jax.distributed.
+"""Joining several processes (hosts) into one JAX runtime, and decisions they share.
 
 A multi-host run starts one process per host. Each calls `initialize` before touching
 devices; afterwards jax.devices() lists the devices of every process and the mesh spans
-them all. Single-process runs skip this entirely.
+them all. Single-process runs skip this entirely. Decisions that depend on one process's
+clock or signals (the wallclock cap, SIGTERM) take process 0's view, so that every process
+stops at the same step.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxconnectome.settings import SettingsError
 
@@ -43,3 +48,43 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     else:
         jax.distributed.initialize()
     return True
+
+
+class StopSignal:
+    """Turns SIGTERM and SIGINT into a request to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        self.name = signal.Signals(signum).name
+
+    def received(self) -> bool:
+        """Return whether a signal arrived, as process 0 saw it, so every process stops together."""
+        return bool(process_zero_value(1.0 if self.name else 0.0))
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def process_zero_value(value: float) -> float:
+    """Return process 0's value on every process, so that time-based decisions agree."""
+    if jax.process_count() == 1:
+        return value
+    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+
+
+def process_zero_run_id(run_id: str) -> str:
+    """Return process 0's run id on every process; each drew its own random UUID."""
+    if jax.process_count() == 1:
+        return run_id
+    encoded = np.zeros(256, np.uint8)
+    raw = run_id.encode()[:256]
+    encoded[: len(raw)] = np.frombuffer(raw, np.uint8)
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
+    return bytes(shared[shared != 0]).decode()

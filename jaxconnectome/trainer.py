@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from jaxconnectome import connectome, sharding
+from jaxconnectome.distributed import StopSignal, process_zero_run_id, process_zero_value
 from jaxconnectome.artifact import export_run, import_model, validation_evaluator
 from jaxconnectome.checkpoints import Checkpointer
 from jaxconnectome.data import (
@@ -260,7 +260,7 @@ def resume(run: Run, timer: TrainTimer) -> tuple[int, jax.Array | None]:
     return step, jnp.asarray(meta["base_key"], jnp.uint32)
 
 
-def train_loop(run: Run, stop: "StopSignal") -> dict:
+def train_loop(run: Run, stop: StopSignal) -> dict:
     """Run the reference's loop from step 0 or the latest checkpoint; return the final numbers."""
     settings, log = run.settings, run.log
     iterations = settings.iterations
@@ -368,46 +368,6 @@ def copy_initial_model(imported: ConnectomeJEPA, model: ConnectomeJEPA) -> None:
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-class StopSignal:
-    """Turns SIGTERM and SIGINT into a request to checkpoint and stop after the current step."""
-
-    def __init__(self):
-        self.name: str | None = None
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        self.name = signal.Signals(signum).name
-
-    def received(self) -> bool:
-        """Return whether a signal arrived, as process 0 saw it, so every process stops together."""
-        return bool(process_zero_value(1.0 if self.name else 0.0))
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def process_zero_value(value: float) -> float:
-    """Return process 0's value on every process, so that time-based decisions agree."""
-    if jax.process_count() == 1:
-        return value
-    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
-
-
-def process_zero_run_id(run_id: str) -> str:
-    """Return process 0's run id on every process; each drew its own random UUID."""
-    if jax.process_count() == 1:
-        return run_id
-    encoded = np.zeros(256, np.uint8)
-    raw = run_id.encode()[:256]
-    encoded[: len(raw)] = np.frombuffer(raw, np.uint8)
-    shared = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
-    return bytes(shared[shared != 0]).decode()
 
 
 def log_peak_memory(log: RunLogger) -> None:
