@@ -1,8 +1,9 @@
 """The training run: data, model and optimiser from Settings, then the reference's loop.
 
-The loop mirrors the reference: validation at step 0, every VAL_LOSS_EVERY steps and at
-the end; training lines at steps 1-10 and every TRAIN_LOG_EVERY steps; a wallclock cap
-that stops after the step crossing it, with validation time excluded.
+The loop mirrors the reference. It validates at step 0, every VAL_LOSS_EVERY steps and at
+the end, and logs training losses at steps 1-10 and every TRAIN_LOG_EVERY steps. A
+wallclock cap stops the run after the step that crosses it, and validation time does not
+count towards the cap.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def should_log_train(step: int, every: int) -> bool:
 
 
 def run(settings: Settings) -> dict:
-    """Train as the settings say; return the final validation numbers and the run folder.
+    """Train with `settings`; return the final validation numbers and the run folder.
 
     Every input is checked before the run folder is created, except with DEMO_DATA, whose
     data is built inside the run folder.
