@@ -5,7 +5,8 @@
 
 An artifact (.ptz int8+zlib, .pt state_dict, or this project's compact file) is read
 without torch and its shape inferred from its tensors; HEAD_DIM, which shapes cannot tell,
-comes from the settings. A run folder is evaluated at its newest checkpoint, with the
+comes from the settings. An artifact inside a run folder takes that run's settings from
+its config.json. A run folder is evaluated at its newest checkpoint, with the
 settings in its config.json. Both print the reference's `val_loss:… val_bpb:…` values on
 the validation shards of DATA_PATH with TOKENIZER_PATH, TRAIN_SEQ_LEN and VAL_BATCH_SIZE
 (from the environment or --set, as train.py reads them).
@@ -38,11 +39,13 @@ def explicit_setting(name: str, overrides: list[str]) -> bool:
     return name in keys or name.upper() in os.environ
 
 
-def model_from_artifact(path: str, settings: Settings, overrides: list[str]):
-    """Import an artifact; SKIP_EVERY and CROSS_ATTN_EVERY only count when set explicitly."""
+def model_from_artifact(path: str, settings: Settings, overrides: list[str], from_run: bool = False):
+    """Import an artifact; SKIP_EVERY and CROSS_ATTN_EVERY count when set or known from a run."""
     base = settings.model_config(jax.default_backend())
-    skip_every = settings.skip_every if explicit_setting("skip_every", overrides) else None
-    cross_attn_every = settings.cross_attn_every if explicit_setting("cross_attn_every", overrides) else None
+    known_skip = from_run or explicit_setting("skip_every", overrides)
+    known_every = from_run or explicit_setting("cross_attn_every", overrides)
+    skip_every = settings.skip_every if known_skip else None
+    cross_attn_every = settings.cross_attn_every if known_every else None
     return import_model(path, base, skip_every, cross_attn_every)
 
 
@@ -104,10 +107,17 @@ def load_run(run_dir: str, overrides: list[str]) -> tuple[ConnectomeJEPA, Settin
 
 
 def load_artifact(path: str, overrides: list[str]) -> tuple[ConnectomeJEPA, Settings, str]:
-    """Import an artifact file; return the model, the settings and a label."""
-    settings = resolve_settings(overrides=overrides)
-    model, artifact = model_from_artifact(path, settings, overrides)
-    return model, settings, f"{artifact.path} kind={artifact.kind}"
+    """Import an artifact file; return the model, the settings and a label.
+
+    An artifact inside a run folder (next to its config.json) is evaluated with that run's
+    settings (head size, sequence length, data), then the environment and --set.
+    """
+    run_dir = Path(path).parent
+    from_run = (run_dir / "config.json").is_file()
+    settings = run_settings(run_dir, overrides) if from_run else resolve_settings(overrides=overrides)
+    model, artifact = model_from_artifact(path, settings, overrides, from_run)
+    source = f" settings from {run_dir / 'config.json'}" if from_run else ""
+    return model, settings, f"{artifact.path} kind={artifact.kind}{source}"
 
 
 def print_evaluation(model: ConnectomeJEPA, settings: Settings) -> None:

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from jaxconnectome.connectome import SIGNAL_FLOWS, TOPOLOGIES
-from jaxconnectome.model import DTYPES, ModelConfig
+from jaxconnectome.layers import ATTENTION_IMPLS
+from jaxconnectome.model import DTYPES, HOP_FORMS, ModelConfig
 from jaxconnectome.optim import SCHEDULES, ScheduleConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -72,6 +73,17 @@ class Settings:
     param_dtype: str = _field("float32", "dtype of the master weights (bfloat16 reproduces the reference)")
     compute_dtype: str = _field("auto", "dtype of matmuls: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16")
     scan_hops: bool = _field(True, "run the hops in lax.scan (false: an unrolled loop, same numbers)")
+    # Speed switches: each computes the same numbers as its plain alternative, up to float rounding.
+    attention_impl: str = _field(
+        "auto", "softmax attention: auto (blocked on CPU, xla elsewhere), xla (full masked scores), "
+        "blocked (only keys up to each query block), cudnn (GPU with bfloat16 compute only)"
+    )
+    attention_block_size: int = _field(128, "blocked attention: queries per block")
+    remat_attention: bool = _field(False, "recompute attention scores in the backward pass: less memory, more compute")
+    hop_form: str = _field("dense", "masked hops as dense W*mask matmuls, or edges (gather and segment sum; slower on CPU)")
+    fuse_encoder_passes: bool = _field(
+        False, "encode the unmasked and the JEPA-masked batch in one call on their concatenation (false: two calls)"
+    )
     # Losses.
     mask_ratio: float = _field(0.3, "JEPA: fraction of positions masked per sequence")
     mask_span_length: float = _field(4.0, "JEPA: mean span length of the exponential draw")
@@ -102,6 +114,11 @@ class Settings:
             param_dtype=self.param_dtype,
             compute_dtype=resolve_compute_dtype(self.compute_dtype, platform),
             scan_hops=self.scan_hops,
+            attention_impl=resolve_attention_impl(self.attention_impl, platform),
+            attention_block_size=self.attention_block_size,
+            remat_attention=self.remat_attention,
+            hop_form=self.hop_form,
+            fuse_encoder_passes=self.fuse_encoder_passes,
         )
 
     def schedule_config(self) -> ScheduleConfig:
@@ -125,6 +142,16 @@ def resolve_compute_dtype(compute_dtype: str, platform: str) -> str:
     if compute_dtype == "auto":
         return "float32" if platform == "cpu" else "bfloat16"
     return compute_dtype
+
+
+def resolve_attention_impl(attention_impl: str, platform: str) -> str:
+    """Pick blocked attention on CPUs, where it measured faster, and XLA's elsewhere.
+
+    NOTE: cudnn is never picked automatically because it has not been run on a GPU yet.
+    """
+    if attention_impl == "auto":
+        return "blocked" if platform == "cpu" else "xla"
+    return attention_impl
 
 
 def parse_value(name: str, text: str, source: str):
@@ -185,8 +212,10 @@ def resolve_settings(
     for item in overrides or []:
         key, sep, text = item.partition("=")
         key = key.strip().lower()
-        if not sep or key not in FIELDS:
-            raise SettingsError(f"--set {item!r}: expected key=value with a known key; see `python train.py --help`")
+        if not sep:
+            raise SettingsError(f"--set {item!r}: expected key=value; see `python train.py --help`")
+        if key not in FIELDS:
+            raise SettingsError(f"--set {item!r}: unknown setting {key!r}; see `python train.py --help` for the list")
         values[key] = parse_value(key, text, f"--set {key}")
     if not values.get("run_id"):
         values["run_id"] = str(uuid.uuid4())
@@ -200,7 +229,7 @@ def check_settings(s: Settings) -> None:
     positive = (
         "val_batch_size", "iterations", "train_batch_tokens", "train_seq_len", "vocab_size", "embed_dim", "fsdp", "checkpoints_kept",
         "num_hops", "cross_attn_every", "head_dim", "num_attn_heads", "num_channels", "sigreg_slices",
-        "learning_rate", "logit_softcap", "rope_base",
+        "learning_rate", "logit_softcap", "rope_base", "attention_block_size",
     )
     for name in positive:
         if getattr(s, name) <= 0:
@@ -215,6 +244,8 @@ def check_settings(s: Settings) -> None:
         "lr_schedule": SCHEDULES,
         "param_dtype": tuple(DTYPES),
         "compute_dtype": ("auto", *DTYPES),
+        "attention_impl": ("auto", *ATTENTION_IMPLS),
+        "hop_form": HOP_FORMS,
     }
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:

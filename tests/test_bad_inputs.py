@@ -129,7 +129,7 @@ def test_tokenizer_size_differs_from_vocab(monkeypatch, tmp_path, capsys, data_d
         ("iterations=-5", ["ITERATIONS=-5", "positive"]),
         ("topology=ring", ["TOPOLOGY='ring'", "random_sparse"]),
         ("lr_schedule=step", ["LR_SCHEDULE='step'", "cosine"]),
-        ("embed_dims=512", ["embed_dims=512", "known key"]),
+        ("embed_dims=512", ["embed_dims=512", "unknown setting 'embed_dims'"]),
         ("fsdp=3", ["FSDP=3", "divisor"]),
     ],
 )

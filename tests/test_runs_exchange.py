@@ -79,14 +79,23 @@ def test_evaluate_run_dir_and_artifact(trained, capsys, monkeypatch):
     final_loss = line_value(stdout, "step:6/6 val_loss", "val_loss")
     assert line_value(from_checkpoint, "val_loss", "val_loss") == pytest.approx(final_loss, abs=1e-4)
 
+    # Inside its run folder the artifact is evaluated with the run's settings, as at export.
+    roundtrip = line_value(stdout, "final_int8_zlib_roundtrip_exact ", "val_loss")
+    assert evaluate.main([str(run_dir / "final_model.int8.ptz")]) == 0
+    in_run = capsys.readouterr().out
+    assert f"settings from {run_dir / 'config.json'}" in in_run
+    assert line_value(in_run, "exact val_loss", "val_loss") == roundtrip
+
+    # Elsewhere the settings come from the environment and --set alone.
+    loose = cwd / "loose.ptz"
+    loose.write_bytes((run_dir / "final_model.int8.ptz").read_bytes())
     flags = [f"{key}={value}" for key, value in (DATA | {"head_dim": 16, "grad_accum_steps": 1}).items()]
-    args = [str(run_dir / "final_model.int8.ptz")]
+    args = [str(loose)]
     for flag in flags:
         args += ["--set", flag]
     assert evaluate.main(args) == 0
     from_artifact = capsys.readouterr().out
-    assert "kind=int8_zlib" in from_artifact
-    roundtrip = line_value(stdout, "final_int8_zlib_roundtrip_exact ", "val_loss")
+    assert "kind=int8_zlib" in from_artifact and "settings from" not in from_artifact
     assert line_value(from_artifact, "exact val_loss", "val_loss") == pytest.approx(roundtrip, rel=1e-6)
 
 

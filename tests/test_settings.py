@@ -53,7 +53,8 @@ def test_bool_and_float_parsing():
 @pytest.mark.parametrize(
     "overrides, environ, words",
     [
-        (["embed=512"], {}, ["--set", "embed=512", "known key"]),
+        (["embed=512"], {}, ["--set", "embed=512", "unknown setting 'embed'"]),
+        (["embed_dim"], {}, ["--set", "expected key=value"]),
         (["embed_dim=big"], {}, ["embed_dim", "'big'", "int"]),
         ([], {"EMBED_DIM": "5.5"}, ["EMBED_DIM", "int"]),
         (["topology=ring"], {}, ["TOPOLOGY", "ring", "connectome"]),

@@ -142,8 +142,10 @@ def test_wallclock_cap_stops_early(tmp_path, monkeypatch):
                                    skip_every=0, train_seq_len=64, jepa_weight=0)
     lines = (run_dir / "log.txt").read_text().splitlines()
     assert result["step"] == 1
-    assert re.fullmatch(r"stopping_early: wallclock_cap train_time:\d+ms step:1/50", lines[-1])
-    assert lines[-2].startswith("step:1/50 val_loss:")
+    stop = next(i for i, line in enumerate(lines) if line.startswith("stopping_early:"))
+    assert re.fullmatch(r"stopping_early: wallclock_cap train_time:\d+ms step:1/50", lines[stop])
+    assert lines[stop - 1].startswith("step:1/50 val_loss:")
+    assert not any(line.startswith("step:2/50") for line in lines)
 
 
 def test_missing_fineweb_says_how_to_get_it(tmp_path):
