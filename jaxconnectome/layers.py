@@ -47,6 +47,9 @@ def apply_rope(x_BSHD: jax.Array, cos_SD: jax.Array, sin_SD: jax.Array) -> jax.A
     return jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
 
 
+ATTENTION_IMPLS = ("xla", "blocked", "cudnn")
+
+
 def causal_attention(
     state_BSN: jax.Array,
     wq: jax.Array,
@@ -55,10 +58,15 @@ def causal_attention(
     wo: jax.Array,
     num_heads: int,
     rope_base: float,
+    implementation: str = "xla",
+    block_size: int = 128,
+    remat: bool = False,
 ) -> jax.Array:
     """Residual causal self-attention over positions, with RoPE then QK-norm.
 
     wq, wk, wv are (H*D, N) and wo is (N, H*D), laid out [out, in] as in PyTorch.
+    `implementation` selects the softmax attention: see `attention_core`. With `remat` the
+    backward pass recomputes the (S, S) scores instead of keeping them from the forward.
     """
     batch, seq_len, _ = state_BSN.shape
     head_dim = wq.shape[0] // num_heads
@@ -71,7 +79,50 @@ def causal_attention(
     q_BSHD = rms_norm(apply_rope(project(wq), cos_SD, sin_SD))
     k_BSHD = rms_norm(apply_rope(project(wk), cos_SD, sin_SD))
     v_BSHD = project(wv)
-    out_BSHD = jax.nn.dot_product_attention(
-        q_BSHD, k_BSHD, v_BSHD, scale=1.0 / float(np.sqrt(head_dim)), is_causal=True
-    )
+    core = jax.checkpoint(attention_core, static_argnums=(3, 4)) if remat else attention_core
+    out_BSHD = core(q_BSHD, k_BSHD, v_BSHD, implementation, block_size)
     return state_BSN + out_BSHD.reshape(batch, seq_len, num_heads * head_dim) @ wo.T
+
+
+def attention_core(
+    q_BSHD: jax.Array, k_BSHD: jax.Array, v_BSHD: jax.Array, implementation: str = "xla", block_size: int = 128
+) -> jax.Array:
+    """Causal softmax attention with scale 1/sqrt(D).
+
+    xla: jax.nn.dot_product_attention's XLA path, which scores every query against every
+    key and masks the upper triangle. blocked: the same arithmetic per block of
+    `block_size` queries, scoring only the keys up to the block's end, so close to half
+    of the score and weighted-sum work is skipped; only summation order differs from xla.
+    cudnn: jax.nn.dot_product_attention's cuDNN kernel, GPU only and bfloat16 or float16 inputs.
+    """
+    scale = 1.0 / float(np.sqrt(q_BSHD.shape[-1]))
+    seq_len = q_BSHD.shape[1]
+    if implementation == "blocked" and seq_len > block_size:
+        return _blocked_causal_attention(q_BSHD, k_BSHD, v_BSHD, scale, block_size)
+    if implementation in ("xla", "blocked"):
+        return jax.nn.dot_product_attention(q_BSHD, k_BSHD, v_BSHD, scale=scale, is_causal=True, implementation="xla")
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(q_BSHD, k_BSHD, v_BSHD, scale=scale, is_causal=True, implementation="cudnn")
+    raise ValueError(f"attention implementation {implementation!r} is unknown; use one of {', '.join(ATTENTION_IMPLS)}")
+
+
+def _blocked_causal_attention(q_BSHD, k_BSHD, v_BSHD, scale: float, block_size: int) -> jax.Array:
+    """Attend each block of queries to the keys up to its last position only.
+
+    The last block may be shorter than `block_size`. The mask inside each block is the
+    causal one, so every query sees exactly the keys it sees in the full computation.
+    """
+    seq_len = q_BSHD.shape[1]
+    outputs = []
+    for start in range(0, seq_len, block_size):
+        end = min(start + block_size, seq_len)
+        query_pos = np.arange(start, end)[:, None]
+        key_pos = np.arange(end)[None, :]
+        mask_11QK = jnp.asarray(key_pos <= query_pos)[None, None]
+        outputs.append(
+            jax.nn.dot_product_attention(
+                q_BSHD[:, start:end], k_BSHD[:, :end], v_BSHD[:, :end], scale=scale, mask=mask_11QK,
+                implementation="xla",
+            )
+        )
+    return jnp.concatenate(outputs, axis=1)

@@ -19,14 +19,20 @@ import numpy as np
 from flax import nnx
 
 from jaxconnectome.connectome import NUM_NEURONS
-from jaxconnectome.layers import causal_attention, gelu, rms_norm
+from jaxconnectome.layers import ATTENTION_IMPLS, causal_attention, gelu, rms_norm
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+HOP_FORMS = ("dense", "edges")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hyperparameters of the network; defaults are the reference's primary configuration."""
+    """Hyperparameters of the network; defaults are the reference's primary configuration.
+
+    The speed switches (scan_hops to fuse_encoder_passes) change how the numbers are
+    computed, never which: every choice gives the same results up to float rounding. Their
+    defaults here are the plain path; `Settings.model_config` picks the fast one.
+    """
 
     vocab_size: int = 1024
     embed_dim: int = 768
@@ -42,6 +48,25 @@ class ModelConfig:
     compute_dtype: str = "float32"
     # Run the hops in lax.scan (True) or an unrolled Python loop (False); same numbers.
     scan_hops: bool = True
+    # Softmax attention: "xla", "blocked" (skips the keys after each query block) or
+    # "cudnn" (GPU only); see layers.attention_core.
+    attention_impl: str = "xla"
+    attention_block_size: int = 128
+    # Recompute the attention scores in the backward pass instead of storing them.
+    remat_attention: bool = False
+    # Masked hops as "dense" (W * mask) matmuls or "edges": a gather of the inputs of the
+    # mask's nonzero entries and a segment sum into their outputs.
+    hop_form: str = "dense"
+    # Encode the unmasked and the JEPA-masked batch in one call on their concatenation.
+    fuse_encoder_passes: bool = False
+
+    def __post_init__(self):
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r} is unknown; use one of {', '.join(ATTENTION_IMPLS)}")
+        if self.hop_form not in HOP_FORMS:
+            raise ValueError(f"hop_form={self.hop_form!r} is unknown; use one of {', '.join(HOP_FORMS)}")
+        if self.attention_block_size <= 0:
+            raise ValueError(f"attention_block_size={self.attention_block_size} must be positive")
 
     @property
     def attn_hops(self) -> tuple[int, ...]:
@@ -127,6 +152,11 @@ class ConnectomeJEPA(nnx.Module):
         self.motor_idx = Buffer(jnp.asarray(motor_idx, jnp.int32))
         self.sensory_slots = Buffer(jnp.asarray(channel_slots(sensory_idx, c), jnp.int32))
         self.motor_slots = Buffer(jnp.asarray(channel_slots(motor_idx, c), jnp.int32))
+        if config.hop_form == "edges":
+            # (out, in) of the mask's nonzero entries, sorted by output neuron.
+            edge_out, edge_in = np.nonzero(np.asarray(hop_mask))
+            self.hop_edge_out = Buffer(jnp.asarray(edge_out, jnp.int32))
+            self.hop_edge_in = Buffer(jnp.asarray(edge_in, jnp.int32))
 
     def _compute(self, param: nnx.Param) -> jax.Array:
         return param[...].astype(DTYPES[self.config.compute_dtype])
@@ -184,8 +214,16 @@ class ConnectomeJEPA(nnx.Module):
         every = config.cross_attn_every
         num_groups = len(config.attn_hops)
         masked_weight = self._compute(self.hop_weight) * self.hop_mask[...].astype(state_BSN.dtype)
+        hop_fn = hop
+        if config.hop_form == "edges":
+            edge_out, edge_in = self.hop_edge_out[...], self.hop_edge_in[...]
+            masked_weight = masked_weight[:, :, edge_out, edge_in]  # (L, C, K) for K edges
+
+            def hop_fn(state, injected, weight_CK, bias_CO, scale_N, gate):
+                return hop_edges(state, injected, weight_CK, bias_CO, scale_N, gate, edge_out, edge_in)
+
         hop_inputs = (
-            masked_weight,  # (L, C, N_out, N_in)
+            masked_weight,  # (L, C, N_out, N_in), or (L, C, K) for the edges form
             self._compute(self.hop_bias),  # (L, C, N)
             self._compute(self.hop_scale),  # (L, C*N)
             self._hop_gates(),  # (L,)
@@ -193,12 +231,15 @@ class ConnectomeJEPA(nnx.Module):
         attn_weights = tuple(self._compute(p) for p in (self.attn_q, self.attn_k, self.attn_v, self.attn_out))
 
         def run_segment(state, segment_inputs):
-            return self._scan(lambda s, inputs: (hop(s, injected_BSN, *inputs), None), state, segment_inputs)
+            return self._scan(lambda s, inputs: (hop_fn(s, injected_BSN, *inputs), None), state, segment_inputs)
 
         def group(state, inputs):
             segment_inputs, (wq, wk, wv, wo) = inputs
             state = run_segment(state, segment_inputs)
-            state = causal_attention(state, wq, wk, wv, wo, config.num_attn_heads, config.rope_base)
+            state = causal_attention(
+                state, wq, wk, wv, wo, config.num_attn_heads, config.rope_base,
+                config.attention_impl, config.attention_block_size, config.remat_attention,
+            )
             return state, None
 
         grouped = jax.tree.map(lambda a: a[: num_groups * every].reshape(num_groups, every, *a.shape[1:]), hop_inputs)
@@ -236,6 +277,31 @@ def hop(
     channels, neurons = bias_CO.shape
     h_BSCI = rms_norm(state_BSN).reshape(batch, seq_len, channels, neurons)
     out_BSCO = jnp.einsum("bsci,coi->bsco", h_BSCI, weight_COI) + bias_CO
+    state_BSN = state_BSN + scale_N * gelu(out_BSCO.reshape(batch, seq_len, width))
+    return state_BSN + gate * injected_BSN
+
+
+def hop_edges(
+    state_BSN: jax.Array,
+    injected_BSN: jax.Array,
+    weight_CK: jax.Array,
+    bias_CO: jax.Array,
+    scale_N: jax.Array,
+    gate: jax.Array,
+    edge_out_K: jax.Array,
+    edge_in_K: jax.Array,
+) -> jax.Array:
+    """`hop` computed over the K mask edges only: out[o] = sum over edges (o, i) of w * h[i].
+
+    weight_CK holds the masked weights at the edges. On a 2-core CPU this is about five
+    times slower than the dense matmul (bench/README.md), so `hop` is the default.
+    """
+    batch, seq_len, width = state_BSN.shape
+    channels, neurons = bias_CO.shape
+    h_BSCI = rms_norm(state_BSN).reshape(batch, seq_len, channels, neurons)
+    products_KBSC = jnp.moveaxis(h_BSCI[..., edge_in_K], -1, 0) * jnp.moveaxis(weight_CK, -1, 0)[:, None, None, :]
+    out_OBSC = jax.ops.segment_sum(products_KBSC, edge_out_K, num_segments=neurons, indices_are_sorted=True)
+    out_BSCO = jnp.moveaxis(out_OBSC, 0, -1) + bias_CO
     state_BSN = state_BSN + scale_N * gelu(out_BSCO.reshape(batch, seq_len, width))
     return state_BSN + gate * injected_BSN
 

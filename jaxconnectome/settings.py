@@ -79,7 +79,7 @@ class Settings:
         "blocked (only keys up to each query block), cudnn (GPU with bfloat16 compute only)"
     )
     attention_block_size: int = _field(128, "blocked attention: queries per block")
-    remat_attention: bool = _field(False, "recompute attention scores in the backward pass: less memory, more compute")
+    remat_attention: bool = _field(True, "recompute attention scores in the backward pass instead of storing them (false: store)")
     hop_form: str = _field("dense", "masked hops as dense W*mask matmuls, or edges (gather and segment sum; slower on CPU)")
     fuse_encoder_passes: bool = _field(
         False, "encode the unmasked and the JEPA-masked batch in one call on their concatenation (false: two calls)"

@@ -48,15 +48,25 @@ def worker_losses(
 ) -> dict[str, jax.Array]:
     """Compute CE, JEPA and SigREG on one worker's micro-batch, and their weighted total."""
     mask_key, sigreg_key = jax.random.split(key)
-    rep_BSE = model.encode(inputs_BS)
+    batch, seq_len = inputs_BS.shape
+    use_jepa = config.jepa_weight > 0
+    if use_jepa:
+        mask_BS = losses.jepa_span_mask(mask_key, batch, seq_len, config.mask_ratio, config.mask_span_length)
+    if use_jepa and model.config.fuse_encoder_passes:
+        # One encode of [unmasked; masked]: an all-False mask row reads the token embeddings
+        # unchanged, and every position's result depends only on its own sequence.
+        both_inputs = jnp.concatenate([inputs_BS, inputs_BS])
+        both_masks = jnp.concatenate([jnp.zeros_like(mask_BS), mask_BS])
+        rep_BSE, rep_masked_BSE = jnp.split(model.encode(both_inputs, both_masks), 2)
+    else:
+        rep_BSE = model.encode(inputs_BS)
+        rep_masked_BSE = model.encode(inputs_BS, mask_BS) if use_jepa else None
     ce = losses.cross_entropy(model.logits(rep_BSE), targets_BS)
     total = ce
     jepa = jnp.zeros((), jnp.float32)
     sigreg = jnp.zeros((), jnp.float32)
-    if config.jepa_weight > 0:
-        batch, seq_len = inputs_BS.shape
-        mask_BS = losses.jepa_span_mask(mask_key, batch, seq_len, config.mask_ratio, config.mask_span_length)
-        jepa = losses.jepa_loss(model.encode(inputs_BS, mask_BS), rep_BSE, mask_BS)
+    if use_jepa:
+        jepa = losses.jepa_loss(rep_masked_BSE, rep_BSE, mask_BS)
         total = total + config.jepa_weight * jepa
     if config.sigreg_weight > 0:
         rep_NE = rep_BSE.reshape(-1, rep_BSE.shape[-1])
