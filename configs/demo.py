@@ -9,8 +9,9 @@ runs/<run_id>/data/, and trains a narrow model for 400 steps of 4096 tokens: emb
 Launch:
     python train.py --config demo
 
-Measured on a 2-core CPU with Python 3.11: 4 min 47 s in all, validation bits per byte
-falling at every validation from 3.83 at step 0 to 2.80 at step 400.
+Measured on a 2-core CPU with Python 3.11: 4 min 22 s in all, validation bits per byte
+falling at every validation from 3.83 at step 0 to 2.92 at step 400 (2.92 after the
+int8+zlib round trip).
 """
 
 SETTINGS = {
