@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from train_step import CONFIGS  # noqa: E402
 from jaxconnectome import losses, trainer  # noqa: E402
-from jaxconnectome.optim import build_optimizer  # noqa: E402
 from jaxconnectome.settings import resolve_settings  # noqa: E402
 from jaxconnectome.train_step import make_train_step  # noqa: E402
 
@@ -69,8 +68,8 @@ def profile_config(name: str, args) -> None:
     ids = jnp.asarray(rng.integers(0, settings.vocab_size, (batch, seq_len)), jnp.int32)
     parts: dict[str, float] = {}
 
-    optimizer = build_optimizer()
-    state, step = make_train_step(model, optimizer, trainer.loss_config(settings))
+    optimizer = settings.optimizer()
+    state, step = make_train_step(model, optimizer, settings.loss_config())
     holder = {"state": state}
 
     def train_call(x):

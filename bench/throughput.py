@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxconnectome import sharding, trainer  # noqa: E402
 from jaxconnectome.evaluation import make_loss_sum_fn  # noqa: E402
-from jaxconnectome.optim import build_optimizer  # noqa: E402
 from jaxconnectome.settings import Settings, check_batch_layout, resolve_settings  # noqa: E402
 from jaxconnectome.train_step import make_train_step  # noqa: E402
 
@@ -88,9 +87,7 @@ def main() -> None:
     workers = mesh.devices.size
     accum = check_batch_layout(settings, workers)
     model = trainer.build_model(settings, jax.default_backend())
-    optimizer = build_optimizer(settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2,
-                                settings.grad_clip_norm)
-    state, step = make_train_step(model, optimizer, trainer.loss_config(settings), mesh)
+    state, step = make_train_step(model, settings.optimizer(), settings.loss_config(), mesh)
 
     local = settings.train_batch_tokens // (workers * accum)
     shape = (accum, workers, local // settings.train_seq_len, settings.train_seq_len)

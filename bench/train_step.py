@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch_reference as ref  # noqa: E402
 from jaxconnectome import trainer  # noqa: E402
-from jaxconnectome.optim import EMBED_LR_SCALE, build_optimizer  # noqa: E402
+from jaxconnectome.optim import EMBED_LR_SCALE  # noqa: E402
 from jaxconnectome.settings import resolve_settings  # noqa: E402
 from jaxconnectome.state_dict import to_state_dict  # noqa: E402
 from jaxconnectome.train_step import make_train_step  # noqa: E402
@@ -100,9 +100,7 @@ class PeakMemory:
 
 def build_jax(settings, shape):
     model = trainer.build_model(settings, jax.default_backend())
-    optimizer = build_optimizer(settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2,
-                                settings.grad_clip_norm)
-    state, step = make_train_step(model, optimizer, trainer.loss_config(settings))
+    state, step = make_train_step(model, settings.optimizer(), settings.loss_config())
     batch, seq_len = shape
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, settings.vocab_size, (batch, seq_len + 1), dtype=np.int32)

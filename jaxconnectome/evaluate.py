@@ -29,7 +29,6 @@ from jaxconnectome.checkpoints import CheckpointError, Checkpointer
 from jaxconnectome.data import DataError, build_byte_tables, load_tokenizer
 from jaxconnectome.evaluation import build_validation_set
 from jaxconnectome.model import ConnectomeJEPA
-from jaxconnectome.optim import build_optimizer
 from jaxconnectome.settings import FIELDS, Settings, SettingsError, resolve_settings
 
 
@@ -68,16 +67,14 @@ def model_from_run(run_dir: Path, settings: Settings) -> tuple[ConnectomeJEPA, i
     from jaxconnectome.train_step import make_train_step
 
     model = trainer.build_model(settings, jax.default_backend())
-    optimizer = build_optimizer(settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2,
-                                settings.grad_clip_norm)
-    state, _ = make_train_step(model, optimizer, trainer.loss_config(settings))
+    state, _ = make_train_step(model, settings.optimizer(), settings.loss_config())
     checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoints_kept)
     try:
         restored = checkpointer.restore_latest(state)
     finally:
         checkpointer.close()
     if restored is None:
-        raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint; train the run first")
+        raise CheckpointError(f"no checkpoint found in {run_dir / 'checkpoints'}; train the run first")
     state, meta = restored
     nnx.update(model, state.params)
     return model, int(meta["step"])
@@ -91,11 +88,7 @@ def validation_for(settings: Settings, vocab_size: int):
     tables = build_byte_tables(tokenizer, vocab_size)
     val = build_validation_set(val_pattern(settings.data_path), settings.train_seq_len, tables)
     mesh = sharding.make_mesh(1)
-    world_size = mesh.devices.size
-    accum = settings.accumulation_steps(world_size)
-    # The reference's evaluation batch: VAL_BATCH_SIZE / (workers * micro-steps) tokens per worker.
-    batch_seqs = max(1, settings.val_batch_size // (world_size * accum * settings.train_seq_len))
-    return validation_evaluator(val, batch_seqs, mesh)
+    return validation_evaluator(val, settings.val_batch_seqs(mesh.devices.size), mesh)
 
 
 def load_run(run_dir: str, overrides: list[str]) -> tuple[ConnectomeJEPA, Settings, str]:

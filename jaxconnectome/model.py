@@ -11,6 +11,7 @@ channel (300), L hops, A attention positions, H heads, D head dim.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -218,9 +219,7 @@ class ConnectomeJEPA(nnx.Module):
         if config.hop_form == "edges":
             edge_out, edge_in = self.hop_edge_out[...], self.hop_edge_in[...]
             masked_weight = masked_weight[:, :, edge_out, edge_in]  # (L, C, K) for K edges
-
-            def hop_fn(state, injected, weight_CK, bias_CO, scale_N, gate):
-                return hop_edges(state, injected, weight_CK, bias_CO, scale_N, gate, edge_out, edge_in)
+            hop_fn = functools.partial(hop_edges, edge_out_K=edge_out, edge_in_K=edge_in)
 
         hop_inputs = (
             masked_weight,  # (L, C, N_out, N_in), or (L, C, K) for the edges form
@@ -268,7 +267,7 @@ def hop(
     scale_N: jax.Array,
     gate: jax.Array,
 ) -> jax.Array:
-    """One masked hop: state += scale * gelu(per-channel masked linear of rms_norm(state)).
+    """Apply one masked hop: state += scale * gelu(per-channel masked linear of rms_norm(state)).
 
     weight_COI is (C, N_out, N_in), already multiplied by the mask. After the hop the
     sensory signal is re-injected with `gate` (0 on hops without a skip gate).
@@ -293,7 +292,7 @@ def hop_edges(
 ) -> jax.Array:
     """`hop` computed over the K mask edges only: out[o] = sum over edges (o, i) of w * h[i].
 
-    weight_CK holds the masked weights at the edges. On a 2-core CPU this is about five
+    weight_CK contains the masked weights at the edges. On a 2-core CPU this is about five
     times slower than the dense matmul (bench/README.md), so `hop` is the default.
     """
     batch, seq_len, width = state_BSN.shape

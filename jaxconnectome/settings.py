@@ -14,10 +14,13 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+import optax
+
 from jaxconnectome.connectome import SIGNAL_FLOWS, TOPOLOGIES
 from jaxconnectome.layers import ATTENTION_IMPLS
 from jaxconnectome.model import DTYPES, HOP_FORMS, ModelConfig
-from jaxconnectome.optim import SCHEDULES, ScheduleConfig
+from jaxconnectome.optim import SCHEDULES, ScheduleConfig, build_optimizer
+from jaxconnectome.train_step import LossConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -132,6 +135,24 @@ class Settings:
 
     def accumulation_steps(self, world_size: int) -> int:
         return self.grad_accum_steps if self.grad_accum_steps > 0 else max(1, 8 // world_size)
+
+    def val_batch_seqs(self, world_size: int) -> int:
+        """Return sequences per worker in an evaluation batch: VAL_BATCH_SIZE / (W * A) tokens, as the reference."""
+        tokens = self.val_batch_size // (world_size * self.accumulation_steps(world_size))
+        return max(1, tokens // self.train_seq_len)
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(
+            jepa_weight=self.jepa_weight,
+            sigreg_weight=self.sigreg_weight,
+            mask_ratio=self.mask_ratio,
+            mask_span_length=self.mask_span_length,
+            sigreg_slices=self.sigreg_slices,
+            sigreg_knots=self.sigreg_knots,
+        )
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return build_optimizer(self.learning_rate, self.weight_decay, self.beta1, self.beta2, self.grad_clip_norm)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

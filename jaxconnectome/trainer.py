@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,11 @@ from jaxconnectome.data import (
 )
 from jaxconnectome.evaluation import ValidationSet, build_validation_set, evaluate, make_loss_sum_fn
 from jaxconnectome.model import Buffer, ConnectomeJEPA, count_params
-from jaxconnectome.optim import build_optimizer, lr_multiplier
+from jaxconnectome.optim import lr_multiplier
 from jaxconnectome.run_log import RunLogger, TrainTimer, train_line, val_line, write_json_atomic
 from jaxconnectome.settings import Settings, SettingsError, check_batch_layout
 from jaxconnectome.summary import run_summary_lines
-from jaxconnectome.train_step import LossConfig, TrainState, make_train_step
+from jaxconnectome.train_step import TrainState, make_train_step
 
 RUNS_DIR = Path("runs")
 FINEWEB_HINT = (
@@ -64,17 +63,6 @@ def build_model(settings: Settings, platform: str) -> ConnectomeJEPA:
     mask = connectome.hop_mask(settings.topology, settings.signal_flow, settings.seed)
     config = settings.model_config(platform)
     return ConnectomeJEPA(config, mask, graph.sensory_idx, graph.motor_idx, rngs=nnx.Rngs(params=settings.seed))
-
-
-def loss_config(settings: Settings) -> LossConfig:
-    return LossConfig(
-        jepa_weight=settings.jepa_weight,
-        sigreg_weight=settings.sigreg_weight,
-        mask_ratio=settings.mask_ratio,
-        mask_span_length=settings.mask_span_length,
-        sigreg_slices=settings.sigreg_slices,
-        sigreg_knots=settings.sigreg_knots,
-    )
 
 
 def check_training_data(data_path: str) -> None:
@@ -210,13 +198,9 @@ def setup(settings: Settings, run_dir: Path, log: RunLogger, mesh, accum: int, d
     if initial is not None and not checkpointer.steps():
         copy_initial_model(initial, model)
         log.line(f"init_from: {settings.init_from}")
-    optimizer = build_optimizer(
-        settings.learning_rate, settings.weight_decay, settings.beta1, settings.beta2, settings.grad_clip_norm
-    )
-    state, step_fn = make_train_step(model, optimizer, loss_config(settings), mesh)
+    state, step_fn = make_train_step(model, settings.optimizer(), settings.loss_config(), mesh)
     graphdef, _, buffers = nnx.split(model, nnx.Param, ...)
-    # The reference's per-worker evaluation batch: VAL_BATCH_SIZE / (W * A) tokens.
-    val_batch_seqs = max(1, settings.val_batch_size // (world_size * accum * settings.train_seq_len))
+    val_batch_seqs = settings.val_batch_seqs(world_size)
 
     resolved = dataclasses.asdict(settings) | {
         "world_size": world_size,

@@ -1,6 +1,5 @@
 """Every bad input gets a one-line message naming the file or setting, and a non-zero exit."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +42,8 @@ def run_train(monkeypatch, tmp_path, capsys, data: Path, *overrides: str, tokeni
 def assert_rejected(code: int, err: str, *words: str, tmp_path: Path | None = None) -> None:
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
     for word in words:
         assert word in lines[0], (word, lines[0])
     if tmp_path is not None:

@@ -1,6 +1,5 @@
 """Training end to end: the step's accumulation, and short runs on real text."""
 
-import dataclasses
 import json
 import math
 import re
@@ -12,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from shared_data import shared_path
 from jaxconnectome import trainer
@@ -66,8 +64,8 @@ def test_step_moves_only_unmasked_hop_weights():
     after = np.array(state.params["hop_weight"][...])
     changed = after != before
     assert not changed[:, :, ~mask].any()
-    # Hop 0 reads only the sensory slots and the last hop feeds only the motor readout,
-    # so part of the unmasked weights have no gradient yet; the rest move.
+    # Hop 0 reads only the sensory slots and the last hop feeds only the motor readout.
+    # Part of the unmasked weights therefore have no gradient yet, and the rest move.
     assert changed[:, :, mask].mean() > 0.4
 
 
@@ -120,7 +118,8 @@ def test_log_lines_have_the_reference_shape(real_text_run):
                r"train_time:\d+ms step_avg:\d+\.\d{2}ms")
     assert all(re.fullmatch(pattern, line) for line in train), train[0]
     # The line for step s shows the LR of the update that produced it: step index s - 1.
-    assert "lr:0.000030 " in train[0] and "lr:0.000600 " in train[1]
+    assert "lr:0.000030 " in train[0]
+    assert "lr:0.000600 " in train[1]
     assert re.fullmatch(r"step:0/60 val_loss:\d\.\d{4} val_bpb:\d\.\d{4} train_time:0ms step_avg:\d+\.\d{2}ms",
                         next(line for line in lines if line.startswith("step:0/60")))
 
@@ -133,7 +132,8 @@ def test_metrics_and_config_files(real_text_run):
     both = next(r for r in records if r["step"] == 60)
     assert {"ce", "jepa", "sigreg", "lr", "val_loss", "val_bpb", "train_time_ms"} <= set(both)
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["embed_dim"] == 128 and config["compute_dtype_resolved"] == "float32"
+    assert config["embed_dim"] == 128
+    assert config["compute_dtype_resolved"] == "float32"
 
 
 def test_wallclock_cap_stops_early(tmp_path, monkeypatch):
@@ -154,7 +154,8 @@ def test_missing_fineweb_says_how_to_get_it(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "DATA_PATH=./data/datasets/fineweb10B_sp1024" in result.stderr
-    assert "willdepueoai/parameter-golf" in result.stderr and "--config demo" in result.stderr
+    assert "willdepueoai/parameter-golf" in result.stderr
+    assert "--config demo" in result.stderr
     assert not (tmp_path / "runs").exists()
 
 
