@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Imported after parsing so that --help answers without loading the training code.
+    # Imported after parsing so that --help prints without loading the training code.
     from jaxconnectome import distributed, trainer
     from jaxconnectome.artifact import ArtifactError
     from jaxconnectome.checkpoints import CheckpointError

@@ -1,8 +1,9 @@
 """Orbax checkpoints of the whole training state, with resume and fallback.
 
-A checkpoint at step N holds the train state (parameters, optimiser state, step) and a JSON
-record of everything else a run needs to continue exactly: the position in the data
-stream, the training time so far (for the wallclock cap), and the PRNG key. Orbax writes
+A checkpoint at step N contains the train state (parameters, optimiser state, step) and a
+JSON record of everything else a run needs to continue exactly. That record is the
+position in the data stream, the training time so far (for the wallclock cap) and the PRNG
+key. Orbax writes
 each step into a temporary folder and renames it only when complete, so a checkpoint
 interrupted while being written never replaces a good one.
 """

@@ -79,7 +79,7 @@ def evaluate(params, loss_sum_fn, val: ValidationSet, batch_seqs: int, mesh) -> 
         for source in (val.inputs[start : start + valid], val.targets[start : start + valid], weights):
             chunk = np.pad(source, ((0, per_call - source.shape[0]), (0, 0)))
             chunk = chunk.reshape(num_workers, batch_seqs, seq_len)
-            # Every process holds the whole validation set and hands over the slices of its devices.
+            # Every process reads the whole validation set and passes on the slices of its own devices.
             arrays.append(jax.make_array_from_callback(chunk.shape, sharded, lambda index, c=chunk: c[index]))
         total += float(loss_sum_fn(params, *arrays))
     val_loss = total / val.token_count

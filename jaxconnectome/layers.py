@@ -110,7 +110,7 @@ def _blocked_causal_attention(q_BSHD, k_BSHD, v_BSHD, scale: float, block_size: 
     """Attend each block of queries to the keys up to its last position only.
 
     The last block may be shorter than `block_size`. The mask inside each block is the
-    causal one, so every query sees exactly the keys it sees in the full computation.
+    causal one, so every query attends to exactly the keys of the full computation.
     """
     seq_len = q_BSHD.shape[1]
     outputs = []

@@ -1,7 +1,7 @@
 """AdamW with the reference's two learning-rate groups, clipping and schedules.
 
 The learning-rate multiplier is computed on the host each step because the linear
-schedule's wallclock-aware form depends on elapsed training time; the optimiser reads it
+schedule's wallclock-aware form depends on elapsed training time. The optimiser reads it
 as an injected hyperparameter, so changing it never recompiles the step.
 """
 

@@ -86,9 +86,9 @@ def micro_step_loss(params, graphdef, buffers, inputs_WBS, targets_WBS, keys_W, 
 def worker_keys(base_key: jax.Array, step: jax.Array, num_micro: int, num_workers: int) -> jax.Array:
     """Return (A, W) keys: fold_in(fold_in(base_key, step), a * W + w).
 
-    Indexing by the global micro-batch number a * W + w makes a run with A micro-steps on
-    W devices draw the same masks and projections as one with A * W micro-steps on one
-    device, so the two give the same numbers.
+    The keys are indexed by the global micro-batch number a * W + w. A run with A
+    micro-steps on W devices therefore draws the same masks and projections as one with
+    A * W micro-steps on one device, and the two give the same numbers.
     """
     step_key = jax.random.fold_in(base_key, step)
     index = jnp.arange(num_micro * num_workers).reshape(num_micro, num_workers)

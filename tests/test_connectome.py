@@ -12,7 +12,8 @@ def test_edge_counts_and_hash():
     assert int(adjacency.sum()) == 5084
     assert int(np.trace(adjacency)) == 45
     assert round(100 * adjacency.mean(), 2) == 5.65
-    assert adjacency.any(axis=0).all() and adjacency.any(axis=1).all()
+    assert adjacency.any(axis=0).all()
+    assert adjacency.any(axis=1).all()
     assert connectome.adjacency_sha256(adjacency) == connectome.ADJACENCY_SHA256
 
 
@@ -21,7 +22,8 @@ def test_neuron_order_and_classes():
     assert len(graph.neurons) == 300
     assert graph.neurons[:3] == ("ADAL", "ADAR", "ADEL")
     assert list(graph.neurons) == sorted(graph.neurons)
-    assert "CANL" not in graph.neurons and "CANR" not in graph.neurons
+    assert "CANL" not in graph.neurons
+    assert "CANR" not in graph.neurons
     assert len(graph.sensory_idx) == 88
     assert len(graph.motor_idx) == 123
     assert graph.classes.count("interneuron") == 89

@@ -40,7 +40,7 @@ def test_jepa_mask_run_length(reference_sized_mask):
 
 def test_jepa_mask_stops_at_target():
     # Each sequence stops as soon as the target is reached, so the last span added can
-    # overshoot it by at most its own length; a loop that ran on would mask far more.
+    # overshoot it by at most its own length. A loop that ran on would mask far more.
     mask = np.asarray(losses.jepa_span_mask(jax.random.PRNGKey(3), 64, 100, 0.3, 4.0))
     assert (mask.sum(axis=1) >= 30).all()
     assert mask.sum(axis=1).mean() < 36
@@ -117,7 +117,8 @@ def test_losses_are_jittable_and_differentiable():
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (64, 16))
     grad = jax.jit(jax.grad(lambda v: losses.sigreg(key, v)))(x)
-    assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad)))
+    assert grad.shape == x.shape
+    assert bool(jnp.all(jnp.isfinite(grad)))
     logits = jax.random.normal(key, (2, 8, 10))
     targets = jnp.zeros((2, 8), jnp.int32)
     grad_ce = jax.jit(jax.grad(losses.cross_entropy))(logits, targets)

@@ -68,7 +68,9 @@ def test_initialisation():
     assert float(jnp.abs(model.sensory_proj[...]).max()) <= 1 / math.sqrt(768)
     assert float(jnp.abs(model.motor_proj[...]).max()) <= 1 / math.sqrt(123)
     assert float(jnp.abs(model.attn_q[...]).max()) <= 1 / math.sqrt(300)
-    assert not jnp.any(model.mask_emb[...]) and not jnp.any(model.attn_out[...]) and not jnp.any(model.hop_bias[...])
+    assert not jnp.any(model.mask_emb[...])
+    assert not jnp.any(model.attn_out[...])
+    assert not jnp.any(model.hop_bias[...])
     np.testing.assert_allclose(model.hop_scale[...], 1 / math.sqrt(6), rtol=1e-6)
     np.testing.assert_allclose(model.skip_gates[...], 0.1, rtol=1e-6)
     assert float(model.output_residual_scale[...]) == pytest.approx(0.1)
@@ -96,7 +98,8 @@ def tiny_logits(tiny_model):
 def test_output_shape_and_softcap(tiny_model, tiny_logits):
     ids = random_ids((2, 32))
     logits = tiny_logits(tiny_model, ids)
-    assert logits.shape == (2, 32, 128) and logits.dtype == jnp.float32
+    assert logits.shape == (2, 32, 128)
+    assert logits.dtype == jnp.float32
     assert float(jnp.abs(logits).max()) < 30.0
     # A huge embedding drives logits into the cap: they approach but never pass 30.
     big = build(TINY)

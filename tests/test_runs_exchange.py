@@ -59,13 +59,13 @@ def test_run_ends_with_export_lines(trained):
         line_value(stdout, "step:6/6 val_loss", "val_loss"), abs=2e-3)
 
 
-def test_export_of_run_dir_matches_the_end_of_training(trained, tmp_path):
+def test_export_run_dir_reproduces_artifact(trained, tmp_path):
     cwd, run_dir, stdout = trained
     before = (run_dir / "final_model.int8.ptz").read_bytes()
     result = subprocess.run([sys.executable, str(REPO / "export.py"), str(run_dir)], cwd=cwd, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    # The final checkpoint holds the trained parameters, so the artifact is the same bytes.
+    # The final checkpoint contains the trained parameters, so the artifact is the same bytes.
     assert (run_dir / "final_model.int8.ptz").read_bytes() == before
     exact = "final_int8_zlib_roundtrip_exact "
     assert line_value(result.stdout, exact, "val_loss") == pytest.approx(line_value(stdout, exact, "val_loss"), rel=1e-6)
@@ -95,7 +95,8 @@ def test_evaluate_run_dir_and_artifact(trained, capsys, monkeypatch):
         args += ["--set", flag]
     assert evaluate.main(args) == 0
     from_artifact = capsys.readouterr().out
-    assert "kind=int8_zlib" in from_artifact and "settings from" not in from_artifact
+    assert "kind=int8_zlib" in from_artifact
+    assert "settings from" not in from_artifact
     assert line_value(from_artifact, "exact val_loss", "val_loss") == pytest.approx(roundtrip, rel=1e-6)
 
 
@@ -139,4 +140,5 @@ def test_init_from_wrong_shape_is_rejected(trained, tmp_path):
 def test_config_json_records_the_export_settings(trained):
     _, run_dir, _ = trained
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["export_compact"] is True and config["init_from"] == ""
+    assert config["export_compact"] is True
+    assert config["init_from"] == ""

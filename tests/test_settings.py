@@ -33,8 +33,11 @@ def test_defaults_are_the_reference():
     assert (s.embed_dim, s.num_hops, s.num_attn_heads, s.head_dim, s.seed) == (768, 6, 4, 128, 1337)
     assert (s.train_batch_tokens, s.train_seq_len, s.iterations, s.max_wallclock_seconds) == (524288, 1024, 5000, 600.0)
     assert (s.jepa_weight, s.sigreg_weight, s.learning_rate, s.lr_schedule) == (0.5, 1e-4, 1e-3, "cosine")
-    assert s.param_dtype == "float32" and s.signal_flow == "post_to_pre"
-    assert s.accumulation_steps(1) == 8 and s.accumulation_steps(8) == 1 and s.accumulation_steps(16) == 1
+    assert s.param_dtype == "float32"
+    assert s.signal_flow == "post_to_pre"
+    assert s.accumulation_steps(1) == 8
+    assert s.accumulation_steps(8) == 1
+    assert s.accumulation_steps(16) == 1
     assert len(s.run_id) == 36  # a random UUID
 
 
@@ -47,7 +50,9 @@ def test_precedence_config_then_environment_then_flags(tmp_path):
 
 def test_bool_and_float_parsing():
     s = resolve_settings(environ={"SCAN_HOPS": "0", "SIGREG_WEIGHT": "0"}, overrides=["max_wallclock_seconds=0"])
-    assert s.scan_hops is False and s.sigreg_weight == 0.0 and s.max_wallclock_seconds == 0.0
+    assert s.scan_hops is False
+    assert s.sigreg_weight == 0.0
+    assert s.max_wallclock_seconds == 0.0
 
 
 @pytest.mark.parametrize(

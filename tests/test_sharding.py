@@ -45,7 +45,7 @@ def test_sharded_steps_equal_one_device(sharded_report, layout):
 def test_batch_is_split_over_workers(sharded_report):
     run = sharded_report["eight_devices"]
     assert run["batch_spec"] == [None, ["data", "fsdp"], None, None]
-    # (A, W, B, S) = (1, 8, 2, 32): each device holds one worker's two sequences.
+    # (A, W, B, S) = (1, 8, 2, 32): each device gets one worker's two sequences.
     assert run["batch_shard_shape"] == [1, 1, 2, 32]
     assert sharded_report["eight_devices_accumulating"]["batch_shard_shape"] == [2, 1, 1, 32]
 
