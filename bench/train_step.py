@@ -170,8 +170,30 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def matmul_seconds(dtype: torch.dtype, device: str, size: tuple[int, int, int] = (4096, 768, 1024)) -> float:
+    """Return the fastest of three timed (M, K) @ (K, N) matmuls in `dtype`, after one warm-up."""
+    m, k, n = size
+    a, b = torch.ones(m, k, dtype=dtype, device=device), torch.ones(k, n, dtype=dtype, device=device)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
 def pick_torch_precision(model, settings, tokens, device: str, steps: int) -> tuple[str, dict]:
-    """Time float32 and bfloat16 steps alternately (after one warm-up each) and return the faster."""
+    """Time float32 and bfloat16 steps alternately (after one warm-up each) and return the faster.
+
+    Where a bfloat16 matmul is more than twice as slow as a float32 one (CPUs without native
+    bfloat16 arithmetic, where PyTorch emulates it at a small fraction of the float32 speed,
+    and a primary step would take minutes), float32 is chosen without timing steps.
+    """
+    matmul = {"float32": matmul_seconds(torch.float32, device), "bfloat16": matmul_seconds(torch.bfloat16, device)}
+    if matmul["bfloat16"] > 2 * matmul["float32"]:
+        return "float32", {f"matmul_{precision}": seconds for precision, seconds in matmul.items()}
     calls = {precision: build_torch(model, settings, tokens, precision, device) for precision in ("float32", "bfloat16")}
     times = {precision: [] for precision in calls}
     for call in calls.values():
@@ -195,7 +217,7 @@ def bench_config(name: str, args, memory: PeakMemory) -> str:
     precision = args.torch_precision
     if precision == "auto":
         precision, medians = pick_torch_precision(model, settings, tokens, device, max(2, args.steps // 2))
-        print(f"# {name}: torch step seconds " + " ".join(f"{k}={v:.3f}" for k, v in medians.items()), flush=True)
+        print(f"# {name}: torch precision probe, seconds " + " ".join(f"{k}={v:.3f}" for k, v in medians.items()), flush=True)
     torch_call = build_torch(model, settings, tokens, precision, device)
 
     jax_call()  # compiles

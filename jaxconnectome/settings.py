@@ -87,6 +87,10 @@ class Settings:
     fuse_encoder_passes: bool = _field(
         False, "encode the unmasked and the JEPA-masked batch in one call on their concatenation (false: two calls)"
     )
+    overlap_steps: bool = _field(
+        True, "queue the next step before reading the last one's losses, so batches load while the device computes "
+        "(false: wait for every step)"
+    )
     # Losses.
     mask_ratio: float = _field(0.3, "JEPA: fraction of positions masked per sequence")
     mask_span_length: float = _field(4.0, "JEPA: mean span length of the exponential draw")

@@ -245,72 +245,163 @@ def resume(run: Run, timer: TrainTimer) -> tuple[int, jax.Array | None]:
     return step, jnp.asarray(meta["base_key"], jnp.uint32)
 
 
+@dataclasses.dataclass
+class QueuedStep:
+    """A dispatched step whose losses are still on the device."""
+
+    step: int  # the step count once it has run
+    metrics: dict[str, jax.Array]
+    lr: float
+
+
+@dataclasses.dataclass
+class LoopClock:
+    """Training time as the loop sees it after each finished step."""
+
+    train_ms: float = 0.0
+    last_step_ms: float | None = None  # None until a step has been timed
+
+    def update(self, train_ms: float) -> None:
+        self.last_step_ms = train_ms - self.train_ms
+        self.train_ms = train_ms
+
+    def near(self, cap_ms: float) -> bool:
+        """Whether the step in flight, or the next, may reach `cap_ms`: within two step times."""
+        return self.last_step_ms is None or self.train_ms + 2 * self.last_step_ms >= cap_ms
+
+
+def clock_driven_schedule(settings: Settings) -> bool:
+    """True when the LR multiplier reads the training time (linear warmdown under a cap)."""
+    return settings.lr_schedule == "linear" and settings.warmdown_iters > 0 and settings.max_wallclock_seconds > 0
+
+
+def must_wait(run: Run, step: int, stop: StopSignal, clock: LoopClock, stop_after: int | None) -> bool:
+    """Whether the queued step has to finish before the loop goes on from `step`.
+
+    It must where the step is validated, checkpointed or the last, on a signal, where the
+    LR reads the clock, and near a wallclock cap: there a step queued too early would run
+    past the step that crosses the cap (see LoopClock.near).
+    """
+    settings = run.settings
+    every, val_every = settings.checkpoint_every, settings.val_loss_every
+    cap_ms = 1000.0 * settings.max_wallclock_seconds
+    return (
+        not settings.overlap_steps
+        or step == settings.iterations
+        or stop.received()
+        or stop_after is not None
+        or (val_every > 0 and step % val_every == 0)
+        or (every > 0 and step % every == 0)
+        or clock_driven_schedule(settings)
+        or (cap_ms > 0 and clock.near(cap_ms))
+    )
+
+
+def finish_step(run: Run, queued: QueuedStep, timer: TrainTimer, clock: LoopClock) -> dict:
+    """Read a step's losses, check them, log them; return its metrics.jsonl fields."""
+    settings, log = run.settings, run.log
+    metrics = {k: float(v) for k, v in jax.device_get(queued.metrics).items()}
+    clock.update(process_zero_value(timer.elapsed_ms()))
+    if not all(math.isfinite(v) for v in metrics.values()):
+        kept = run.checkpointer.steps()
+        raise TrainingDiverged(
+            f"non-finite loss at step {queued.step} (ce={metrics['ce']} jepa={metrics['jepa']} "
+            f"sigreg={metrics['sigreg']}); the last good checkpoint is step {kept[-1] if kept else 'none'} in "
+            f"{run.checkpointer.directory}; lower LEARNING_RATE or check the data"
+        )
+    record = {}
+    if should_log_train(queued.step, settings.train_log_every):
+        log.line(train_line(queued.step, settings.iterations, metrics, queued.lr, clock.train_ms))
+        losses = {name: metrics[name] for name in ("ce", "jepa", "sigreg")}
+        record = {"step": queued.step, "lr": queued.lr, "train_time_ms": clock.train_ms} | losses
+    log.progress(queued.step, settings.iterations, clock.train_ms, metrics["ce"])
+    return record
+
+
+def cap_crossed(settings: Settings, clock: LoopClock) -> bool:
+    return settings.max_wallclock_seconds > 0 and clock.train_ms >= 1000.0 * settings.max_wallclock_seconds
+
+
+def queue_step(run: Run, step: int, base_key: jax.Array, timer: TrainTimer) -> QueuedStep:
+    """Load the next batch and dispatch the step that follows `step` without waiting for it."""
+    settings = run.settings
+    multiplier = lr_multiplier(step, settings.schedule_config(), process_zero_value(timer.elapsed_ms()))
+    inputs, targets = run.loader.next_batch(settings.train_batch_tokens, settings.train_seq_len, run.accum)
+    inputs, targets = sharding.global_batch(run.mesh, inputs), sharding.global_batch(run.mesh, targets)
+    run.state, metrics = run.step_fn(run.state, inputs, targets, base_key, multiplier)
+    return QueuedStep(step=step + 1, metrics=metrics, lr=settings.learning_rate * multiplier)
+
+
 def train_loop(run: Run, stop: StopSignal) -> dict:
-    """Run the reference's loop from step 0 or the latest checkpoint; return the final numbers."""
+    """Run the reference's loop from step 0 or the latest checkpoint; return the final numbers.
+
+    With `overlap_steps` the loop queues step k+1 before it reads step k's losses, so the
+    host loads the next batch and writes the logs while the device computes. Where a step
+    needs the state or its losses at once (validation, checkpoints, the end, signals, a
+    near wallclock cap) the loop waits for it first, so the logs, checkpoints and numbers
+    are those of the waiting loop.
+    """
     settings, log = run.settings, run.log
     iterations = settings.iterations
-    schedule = settings.schedule_config()
     timer = TrainTimer()
+    clock = LoopClock()
     step, saved_key = resume(run, timer)
+    clock.train_ms = timer.total_ms
     base_key = saved_key if saved_key is not None else jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
     resumed_step = step if step > 0 else None
     stop_after = None
     result = {"run_dir": str(run.run_dir)}
     record = {}  # metrics.jsonl gets one object per logged step, train and val merged
+    queued = None
     timer.resume()  # training time starts here, after the resume work
     while True:
-        cap_reached = stop_after is not None and step >= stop_after
-        last_step = step == iterations or cap_reached
-        # A resumed run validated this step before its checkpoint was written.
-        validate_now = settings.val_loss_every > 0 and step % settings.val_loss_every == 0 and step != resumed_step
-        if last_step or validate_now:
-            timer.pause()
-            val_loss, val_bpb = evaluate(run.state.params, run.loss_sum_fn, run.val, run.val_batch_seqs, run.mesh)
-            train_ms = timer.elapsed_ms()
-            log.line(val_line(step, iterations, val_loss, val_bpb, train_ms))
-            record |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
-            result |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
-            timer.resume()
-        # The checkpoint of a resumed step was saved after that step's record was written.
-        if record and step != resumed_step:
-            log.record(record)
-        record = {}
+        if queued is not None and must_wait(run, step, stop, clock, stop_after):
+            record = finish_step(run, queued, timer, clock)
+            queued = None
+            if stop_after is None and cap_crossed(settings, clock):
+                stop_after = step
+        if queued is None:
+            cap_reached = stop_after is not None and step >= stop_after
+            last_step = step == iterations or cap_reached
+            # A resumed run validated this step before its checkpoint was written.
+            validate_now = settings.val_loss_every > 0 and step % settings.val_loss_every == 0 and step != resumed_step
+            if last_step or validate_now:
+                timer.pause()
+                val_loss, val_bpb = evaluate(run.state.params, run.loss_sum_fn, run.val, run.val_batch_seqs, run.mesh)
+                train_ms = timer.elapsed_ms()
+                log.line(val_line(step, iterations, val_loss, val_bpb, train_ms))
+                record |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
+                result |= {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "train_time_ms": train_ms}
+                timer.resume()
+            # The checkpoint of a resumed step was saved after that step's record was written.
+            if record and step != resumed_step:
+                log.record(record)
+            record = {}
 
-        every = settings.checkpoint_every
-        if last_step or stop.received() or (every > 0 and step > 0 and step % every == 0):
-            run.checkpointer.save(step, run.state, checkpoint_meta(run, step, timer.elapsed_ms(), base_key))
-        if last_step:
-            if cap_reached and step < iterations:
-                log.line(f"stopping_early: wallclock_cap train_time:{timer.elapsed_ms():.0f}ms step:{step}/{iterations}")
-            break
-        if stop.received():
-            log.line(f"stopping: {stop.name} received, checkpoint saved at step:{step}/{iterations}")
-            result["interrupted"] = True
-            return result
+            every = settings.checkpoint_every
+            if last_step or stop.received() or (every > 0 and step > 0 and step % every == 0):
+                run.checkpointer.save(step, run.state, checkpoint_meta(run, step, timer.elapsed_ms(), base_key))
+            if last_step:
+                if cap_reached and step < iterations:
+                    log.line(f"stopping_early: wallclock_cap train_time:{timer.elapsed_ms():.0f}ms step:{step}/{iterations}")
+                break
+            if stop.received():
+                log.line(f"stopping: {stop.name} received, checkpoint saved at step:{step}/{iterations}")
+                result["interrupted"] = True
+                return result
 
-        multiplier = lr_multiplier(step, schedule, process_zero_value(timer.elapsed_ms()))
-        inputs, targets = run.loader.next_batch(settings.train_batch_tokens, settings.train_seq_len, run.accum)
-        inputs, targets = sharding.global_batch(run.mesh, inputs), sharding.global_batch(run.mesh, targets)
-        run.state, metrics = run.step_fn(run.state, inputs, targets, base_key, multiplier)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        previous, queued = queued, queue_step(run, step, base_key, timer)
         step += 1
-        train_ms = process_zero_value(timer.elapsed_ms())
-        if not all(math.isfinite(v) for v in metrics.values()):
-            kept = run.checkpointer.steps()
-            raise TrainingDiverged(
-                f"non-finite loss at step {step} (ce={metrics['ce']} jepa={metrics['jepa']} sigreg={metrics['sigreg']}); "
-                f"the last good checkpoint is step {kept[-1] if kept else 'none'} in {run.checkpointer.directory}; "
-                "lower LEARNING_RATE or check the data"
-            )
-        lr = settings.learning_rate * multiplier
-        if should_log_train(step, settings.train_log_every):
-            log.line(train_line(step, iterations, metrics, lr, train_ms))
-            losses = {name: metrics[name] for name in ("ce", "jepa", "sigreg")}
-            record = {"step": step, "lr": lr, "train_time_ms": train_ms} | losses
-        log.progress(step, iterations, train_ms, metrics["ce"])
-        cap_ms = 1000.0 * settings.max_wallclock_seconds
-        if settings.max_wallclock_seconds > 0 and stop_after is None and train_ms >= cap_ms:
-            stop_after = step
+        if previous is not None:
+            # The step before the one just queued: no validation or checkpoint falls on it,
+            # or the loop would have waited for it above.
+            previous_record = finish_step(run, previous, timer, clock)
+            if previous_record:
+                log.record(previous_record)
+            if stop_after is None and cap_crossed(settings, clock):
+                # Reached only if a step ran over twice the latest step time: the queued
+                # step runs too, one past the reference's stopping point.
+                stop_after = step
 
     log_peak_memory(log)
     result["params"] = run.state.params

@@ -188,3 +188,34 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys):
     quiet.progress(25, 100, 2500.0, 5.1234)
     quiet.close()
     assert capsys.readouterr().err == ""
+
+
+def strip_times(text: str) -> str:
+    return re.sub(r"(train_time|step_avg):\d+(\.\d+)?ms", r"\1:-", text)
+
+
+def test_overlapped_loop_logs_and_trains_as_the_waiting_loop(tmp_path, monkeypatch):
+    # Validation at 6 and 12 and checkpoints every 4 make the overlapped loop wait at
+    # those steps and queue ahead at the others; every line and number must match.
+    small = {"iterations": 12, "val_loss_every": 6, "checkpoint_every": 4, "train_log_every": 1, "embed_dim": 64,
+             "num_hops": 2, "cross_attn_every": 1, "skip_every": 0, "train_seq_len": 64, "val_batch_size": 4096}
+    runs = {}
+    for overlap in (True, False):
+        folder = tmp_path / str(overlap)
+        folder.mkdir()
+        result, run_dir = run_training(folder, monkeypatch, overlap_steps=overlap, **small)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for record in records:
+            record.pop("train_time_ms", None)
+        lines = [strip_times(line) for line in (run_dir / "log.txt").read_text().splitlines()
+                 if line.startswith("step:")]
+        runs[overlap] = (records, lines, result)
+    (records_on, lines_on, result_on), (records_off, lines_off, result_off) = runs[True], runs[False]
+    assert records_on == records_off
+    assert lines_on == lines_off
+    assert [r["step"] for r in records_on] == list(range(13))
+    for a, b in zip(jax.tree.leaves(result_on["params"]), jax.tree.leaves(result_off["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    checkpoints = sorted(int(p.name) for p in (tmp_path / "True" / "runs" / "real_text" / "checkpoints").iterdir()
+                         if p.name.isdigit())
+    assert checkpoints == [4, 8, 12]
