@@ -31,7 +31,7 @@ settings (the upper-case environment variable, or --set name=value):
   head_dim (HEAD_DIM, default 128): attention head size, which the tensor shapes cannot tell;
   skip_every (SKIP_EVERY) and cross_attn_every (CROSS_ATTN_EVERY): used only when set and
   only to resolve or check what the shapes imply; logit_softcap, rope_base, compute_dtype,
-  scan_hops: taken as given; topology, signal_flow, seed: let --compact record a
+  hop_loop: taken as given; topology, signal_flow, seed: let --compact record a
   random_sparse mask by its seed. `python train.py --help` lists every setting.
 """
 

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxconnectome.flash_attention import flash_causal_attention
+
 # PyTorch's F.rms_norm with eps=None uses torch.finfo(float32).eps for float32 and, as
 # measured with torch 2.13, also for bfloat16 inputs, which it normalises in float32.
 RMS_NORM_EPS = float(np.finfo(np.float32).eps)
@@ -47,7 +49,7 @@ def apply_rope(x_BSHD: jax.Array, cos_SD: jax.Array, sin_SD: jax.Array) -> jax.A
     return jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
 
 
-ATTENTION_IMPLS = ("xla", "blocked", "cudnn")
+ATTENTION_IMPLS = ("xla", "blocked", "flash", "cudnn")
 
 
 def causal_attention(
@@ -66,7 +68,8 @@ def causal_attention(
 
     wq, wk, wv are (H*D, N) and wo is (N, H*D), laid out [out, in] as in PyTorch.
     `implementation` selects the softmax attention: see `attention_core`. With `remat` the
-    backward pass recomputes the (S, S) scores instead of keeping them from the forward.
+    backward pass recomputes the (S, S) scores instead of keeping them from the forward;
+    flash attention keeps no scores in any case, so `remat` does not apply to it.
     """
     batch, seq_len, _ = state_BSN.shape
     head_dim = wq.shape[0] // num_heads
@@ -79,7 +82,8 @@ def causal_attention(
     q_BSHD = rms_norm(apply_rope(project(wq), cos_SD, sin_SD))
     k_BSHD = rms_norm(apply_rope(project(wk), cos_SD, sin_SD))
     v_BSHD = project(wv)
-    core = jax.checkpoint(attention_core, static_argnums=(3, 4)) if remat else attention_core
+    use_remat = remat and implementation != "flash"
+    core = jax.checkpoint(attention_core, static_argnums=(3, 4)) if use_remat else attention_core
     out_BSHD = core(q_BSHD, k_BSHD, v_BSHD, implementation, block_size)
     return state_BSN + out_BSHD.reshape(batch, seq_len, num_heads * head_dim) @ wo.T
 
@@ -93,10 +97,14 @@ def attention_core(
     key and masks the upper triangle. blocked: the same arithmetic per block of
     `block_size` queries, scoring only the keys up to the block's end, so close to half
     of the score and weighted-sum work is skipped; only summation order differs from xla.
+    flash: the blocked form with a hand-written backward pass that recomputes each block's
+    probabilities from the saved log-sum-exp (see flash_attention.py).
     cudnn: jax.nn.dot_product_attention's cuDNN kernel, GPU only and bfloat16 or float16 inputs.
     """
     scale = 1.0 / float(np.sqrt(q_BSHD.shape[-1]))
     seq_len = q_BSHD.shape[1]
+    if implementation == "flash":
+        return flash_causal_attention(q_BSHD, k_BSHD, v_BSHD, scale, block_size)
     if implementation == "blocked" and seq_len > block_size:
         return _blocked_causal_attention(q_BSHD, k_BSHD, v_BSHD, scale, block_size)
     if implementation in ("xla", "blocked"):

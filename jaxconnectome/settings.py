@@ -75,14 +75,19 @@ class Settings:
     )
     param_dtype: str = _field("float32", "dtype of the master weights (bfloat16 reproduces the reference)")
     compute_dtype: str = _field("auto", "dtype of matmuls: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16")
-    scan_hops: bool = _field(True, "run the hops in lax.scan (false: an unrolled loop, same numbers)")
+    hop_loop: str = _field(
+        "auto", "how the hops run: auto (unrolled on CPU, scan elsewhere), scan (lax.scan), unrolled (a Python loop)"
+    )
     # Speed switches: each computes the same numbers as its plain alternative, up to float rounding.
     attention_impl: str = _field(
-        "auto", "softmax attention: auto (blocked on CPU, xla elsewhere), xla (full masked scores), "
-        "blocked (only keys up to each query block), cudnn (GPU with bfloat16 compute only)"
+        "auto", "softmax attention: auto (flash on CPU, xla elsewhere), xla (full masked scores), "
+        "blocked (only keys up to each query block), flash (blocked, with a backward pass that keeps no scores), "
+        "cudnn (GPU with bfloat16 compute only)"
     )
     attention_block_size: int = _field(128, "blocked attention: queries per block")
-    remat_attention: bool = _field(True, "recompute attention scores in the backward pass instead of storing them (false: store)")
+    remat_attention: bool = _field(
+        True, "xla and blocked attention: recompute the scores in the backward pass instead of storing them (false: store)"
+    )
     hop_form: str = _field("dense", "masked hops as dense W*mask matmuls, or edges (gather and segment sum; slower on CPU)")
     fuse_encoder_passes: bool = _field(
         False, "encode the unmasked and the JEPA-masked batch in one call on their concatenation (false: two calls)"
@@ -120,7 +125,7 @@ class Settings:
             num_channels=self.num_channels,
             param_dtype=self.param_dtype,
             compute_dtype=resolve_compute_dtype(self.compute_dtype, platform),
-            scan_hops=self.scan_hops,
+            scan_hops=resolve_hop_loop(self.hop_loop, platform) == "scan",
             attention_impl=resolve_attention_impl(self.attention_impl, platform),
             attention_block_size=self.attention_block_size,
             remat_attention=self.remat_attention,
@@ -170,13 +175,26 @@ def resolve_compute_dtype(compute_dtype: str, platform: str) -> str:
 
 
 def resolve_attention_impl(attention_impl: str, platform: str) -> str:
-    """Pick blocked attention on CPUs, where it measured faster, and XLA's elsewhere.
+    """Pick flash attention on CPUs, where it measured fastest, and XLA's elsewhere.
 
-    NOTE: cudnn is never picked automatically because it has not been run on a GPU yet.
+    NOTE: flash and cudnn are never picked on a GPU because neither has run on one yet.
     """
     if attention_impl == "auto":
-        return "blocked" if platform == "cpu" else "xla"
+        return "flash" if platform == "cpu" else "xla"
     return attention_impl
+
+
+HOP_LOOPS = ("scan", "unrolled")
+
+
+def resolve_hop_loop(hop_loop: str, platform: str) -> str:
+    """Unroll the hops on CPUs, where XLA runs a loop body's matmuls several times slower.
+
+    NOTE: on GPU the choice has not been measured; scan keeps the compiled program small.
+    """
+    if hop_loop == "auto":
+        return "unrolled" if platform == "cpu" else "scan"
+    return hop_loop
 
 
 def parse_value(name: str, text: str, source: str):
@@ -271,6 +289,7 @@ def check_settings(s: Settings) -> None:
         "compute_dtype": ("auto", *DTYPES),
         "attention_impl": ("auto", *ATTENTION_IMPLS),
         "hop_form": HOP_FORMS,
+        "hop_loop": ("auto", *HOP_LOOPS),
     }
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:

@@ -49,8 +49,8 @@ def test_precedence_config_then_environment_then_flags(tmp_path):
 
 
 def test_bool_and_float_parsing():
-    s = resolve_settings(environ={"SCAN_HOPS": "0", "SIGREG_WEIGHT": "0"}, overrides=["max_wallclock_seconds=0"])
-    assert s.scan_hops is False
+    s = resolve_settings(environ={"OVERLAP_STEPS": "0", "SIGREG_WEIGHT": "0"}, overrides=["max_wallclock_seconds=0"])
+    assert s.overlap_steps is False
     assert s.sigreg_weight == 0.0
     assert s.max_wallclock_seconds == 0.0
 
@@ -67,7 +67,8 @@ def test_bool_and_float_parsing():
         (["num_hops=0"], {}, ["NUM_HOPS", "positive"]),
         (["head_dim=7"], {}, ["HEAD_DIM", "even"]),
         (["signal_flow=up"], {}, ["SIGNAL_FLOW", "pre_to_post"]),
-        (["scan_hops=maybe"], {}, ["scan_hops", "bool"]),
+        (["overlap_steps=maybe"], {}, ["overlap_steps", "bool"]),
+        (["hop_loop=while"], {}, ["HOP_LOOP", "while", "unrolled"]),
     ],
 )
 def test_bad_settings_are_rejected(overrides, environ, words):

@@ -81,18 +81,23 @@ def test_plain_result_has_every_loss(plain_result):
     [
         {"attention_impl": "blocked", "attention_block_size": 16},
         {"attention_impl": "blocked", "attention_block_size": 16, "remat_attention": True},
+        {"attention_impl": "flash", "attention_block_size": 16},
         {"hop_form": "edges"},
         {"fuse_encoder_passes": True},
         {"scan_hops": False},
     ],
-    ids=["blocked_attention", "blocked_attention_remat", "edge_hops", "fused_encoder_passes", "unrolled_hops"],
+    ids=[
+        "blocked_attention", "blocked_attention_remat", "flash_attention", "edge_hops", "fused_encoder_passes",
+        "unrolled_hops",
+    ],
 )
 def test_switch_equals_plain_path(switch, plain_result):
     assert_same_losses_and_grads(losses_and_grads(dataclasses.replace(PLAIN, **switch)), plain_result)
 
 
+@pytest.mark.parametrize("impl", ["blocked", "flash"])
 @pytest.mark.parametrize("seq_len, block_size", [(64, 16), (50, 16), (16, 16), (8, 16)])
-def test_blocked_attention_core_equals_full(seq_len, block_size):
+def test_blocked_attention_core_equals_full(impl, seq_len, block_size):
     rng = np.random.default_rng(seq_len)
     q, k, v = (jnp.asarray(rng.standard_normal((2, seq_len, 3, 8)), jnp.float32) for _ in range(3))
     cotangent = jnp.asarray(rng.standard_normal((2, seq_len, 3, 8)), jnp.float32)
@@ -101,28 +106,33 @@ def test_blocked_attention_core_equals_full(seq_len, block_size):
         return jnp.sum(attention_core(q, k, v, impl, block_size) * cotangent)
 
     for impl_grads, full_grads in zip(
-        jax.grad(lambda *a: loss("blocked", *a), argnums=(0, 1, 2))(q, k, v),
+        jax.grad(lambda *a: loss(impl, *a), argnums=(0, 1, 2))(q, k, v),
         jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2))(q, k, v),
     ):
         np.testing.assert_allclose(impl_grads, full_grads, rtol=RTOL, atol=1e-6)
-    np.testing.assert_allclose(attention_core(q, k, v, "blocked", block_size), attention_core(q, k, v, "xla"),
+    np.testing.assert_allclose(attention_core(q, k, v, impl, block_size), attention_core(q, k, v, "xla"),
                                rtol=RTOL, atol=1e-6)
 
 
 def test_settings_pick_fast_paths_per_platform():
     settings = Settings()
     cpu = settings.model_config("cpu")
-    assert cpu.attention_impl == "blocked"
+    assert cpu.attention_impl == "flash"
+    assert not cpu.scan_hops
     assert cpu.remat_attention
     assert not cpu.fuse_encoder_passes
     assert cpu.hop_form == "dense"
-    assert settings.model_config("gpu").attention_impl == "xla"
-    plain = resolve_settings(environ={}, overrides=["attention_impl=xla", "fuse_encoder_passes=true"]).model_config("cpu")
+    gpu = settings.model_config("gpu")
+    assert gpu.attention_impl == "xla"
+    assert gpu.scan_hops
+    overrides = ["attention_impl=xla", "fuse_encoder_passes=true", "hop_loop=scan"]
+    plain = resolve_settings(environ={}, overrides=overrides).model_config("cpu")
     assert plain.attention_impl == "xla"
+    assert plain.scan_hops
     assert plain.fuse_encoder_passes
 
 
-@pytest.mark.parametrize("override", ["attention_impl=flash", "hop_form=sparse", "attention_block_size=0"])
+@pytest.mark.parametrize("override", ["attention_impl=splash", "hop_form=sparse", "attention_block_size=0"])
 def test_settings_reject_unknown_switch_values(override):
     with pytest.raises(SettingsError):
         resolve_settings(environ={}, overrides=[override])
@@ -130,7 +140,7 @@ def test_settings_reject_unknown_switch_values(override):
 
 def test_model_config_rejects_unknown_attention():
     with pytest.raises(ValueError, match="attention_impl"):
-        ModelConfig(attention_impl="flash")
+        ModelConfig(attention_impl="splash")
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention runs only on a GPU")
