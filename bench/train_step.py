@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import torch_reference as ref  # noqa: E402
+from throughput import train_flops_per_token  # noqa: E402
 from jaxconnectome import trainer  # noqa: E402
 from jaxconnectome.optim import EMBED_LR_SCALE  # noqa: E402
 from jaxconnectome.settings import resolve_settings  # noqa: E402
@@ -184,6 +185,39 @@ def matmul_seconds(dtype: torch.dtype, device: str, size: tuple[int, int, int] =
     return min(times[1:])
 
 
+def jax_matmul_seconds(dtype, size: tuple[int, int, int] = (4096, 768, 1024)) -> float:
+    """`matmul_seconds` for a jitted JAX matmul."""
+    m, k, n = size
+    a, b = jax.numpy.ones((m, k), dtype), jax.numpy.ones((k, n), dtype)
+    matmul = jax.jit(lambda a, b: a @ b)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def rate_line(name: str, settings, tokens: int, jax_s: float, torch_s: float, precision: str, device: str) -> str:
+    """Compare each framework's FLOP rate over the step with its rate on one large matmul.
+
+    The step's FLOP count is bench/throughput.py's (causal attention counted at half). A
+    framework cannot run its step much faster than its own matmul rate allows, which
+    bounds the ratio that any change to the JAX side can reach on this device.
+    """
+    step_flop = train_flops_per_token(settings) * tokens
+    m, k, n = 4096, 768, 1024
+    matmul_flop = 2 * m * k * n
+    jax_dtype = jax.numpy.float32 if settings.model_config(jax.default_backend()).compute_dtype == "float32" \
+        else jax.numpy.bfloat16
+    torch_dtype = torch.float32 if precision == "float32" else torch.bfloat16
+    jax_matmul = matmul_flop / jax_matmul_seconds(jax_dtype) / 1e9
+    torch_matmul = matmul_flop / matmul_seconds(torch_dtype, device) / 1e9
+    return (f"# {name}: step GFLOP={step_flop / 1e9:.1f} jax_step_gflops={step_flop / jax_s / 1e9:.0f} "
+            f"torch_step_gflops={step_flop / torch_s / 1e9:.0f} jax_matmul_gflops={jax_matmul:.0f} "
+            f"torch_matmul_gflops={torch_matmul:.0f}")
+
+
 def pick_torch_precision(model, settings, tokens, device: str, steps: int) -> tuple[str, dict]:
     """Time float32 and bfloat16 steps alternately (after one warm-up each) and return the faster.
 
@@ -235,6 +269,7 @@ def bench_config(name: str, args, memory: PeakMemory) -> str:
     jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
     print(f"# {name}: step seconds jax={[round(t, 3) for t in jax_times]} torch={[round(t, 3) for t in torch_times]}",
           flush=True)
+    print(rate_line(name, settings, batch * seq_len, jax_s, torch_s, precision, device), flush=True)
 
     if device == "cuda":
         jax_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")

@@ -272,11 +272,14 @@ def hop(
     weight_COI is (C, N_out, N_in), already multiplied by the mask. After the hop the
     sensory signal is re-injected with `gate` (0 on hops without a skip gate).
     """
-    batch, seq_len, width = state_BSN.shape
     channels, neurons = bias_CO.shape
-    h_BSCI = rms_norm(state_BSN).reshape(batch, seq_len, channels, neurons)
-    out_BSCO = jnp.einsum("bsci,coi->bsco", h_BSCI, weight_COI) + bias_CO
-    state_BSN = state_BSN + scale_N * gelu(out_BSCO.reshape(batch, seq_len, width))
+    h_BSN = rms_norm(state_BSN)
+    # One plain matmul per channel: XLA's CPU backend ran the batched einsum over the
+    # channel axis ("bsci,coi->bsco") 1.6 times slower, even with a single channel.
+    out_BSN = jnp.concatenate(
+        [h_BSN[..., c * neurons : (c + 1) * neurons] @ weight_COI[c].T + bias_CO[c] for c in range(channels)], axis=-1
+    )
+    state_BSN = state_BSN + scale_N * gelu(out_BSN)
     return state_BSN + gate * injected_BSN
 
 
