@@ -188,9 +188,9 @@ HOP_LOOPS = ("scan", "unrolled")
 
 
 def resolve_hop_loop(hop_loop: str, platform: str) -> str:
-    """Unroll the hops on CPUs, where XLA runs a loop body's matmuls several times slower.
+    """Unroll the hops on CPUs, where a step with the hops in lax.scan measured 1.3-1.5 times slower.
 
-    NOTE: on GPU the choice has not been measured; scan keeps the compiled program small.
+    NOTE: on GPU the choice has not been measured. Scan keeps the compiled program small.
     """
     if hop_loop == "auto":
         return "unrolled" if platform == "cpu" else "scan"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from jaxconnectome.artifact import code_files, export_run, import_model, read_ar
 from jaxconnectome.data import build_byte_tables, load_tokenizer
 from jaxconnectome.evaluation import build_validation_set
 from jaxconnectome.model import ConnectomeJEPA, ModelConfig
+from jaxconnectome.settings import Settings
 from shared_data import shared_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +134,9 @@ def test_cli_import_prints_direct_evaluation(exported, evaluator):
     result = subprocess.run([sys.executable, str(REPO / "export.py"), "--import", str(run_dir / "final_model.int8.ptz")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    model, _ = import_model(run_dir / "final_model.int8.ptz", ModelConfig(head_dim=TINY.head_dim))
+    # The CLI resolves the speed switches for this platform; equal digits need the same ones.
+    config = Settings(head_dim=TINY.head_dim).model_config(jax.default_backend())
+    model, _ = import_model(run_dir / "final_model.int8.ptz", config)
     val_loss, val_bpb, _ = evaluator(model)
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"import: {run_dir / 'final_model.int8.ptz'} kind=int8_zlib model_params:")

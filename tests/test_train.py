@@ -194,7 +194,7 @@ def strip_times(text: str) -> str:
     return re.sub(r"(train_time|step_avg):\d+(\.\d+)?ms", r"\1:-", text)
 
 
-def test_overlapped_loop_logs_and_trains_as_the_waiting_loop(tmp_path, monkeypatch):
+def test_overlapped_loop_matches_waiting_loop(tmp_path, monkeypatch):
     # Validation at 6 and 12 and checkpoints every 4 make the overlapped loop wait at
     # those steps and queue ahead at the others; every line and number must match.
     small = {"iterations": 12, "val_loss_every": 6, "checkpoint_every": 4, "train_log_every": 1, "embed_dim": 64,
