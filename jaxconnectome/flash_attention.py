@@ -5,8 +5,8 @@ only, and keeps one log-sum-exp per query instead of the (S, S) probabilities. T
 backward pass recomputes a block's probabilities from it, as FlashAttention does: with
 `lse` saved, P = exp(QK^T * scale - lse) needs no max or sum, and the softmax gradient
 uses delta = rowsum(dO * O) instead of rowsum(dP * P). Autodiff of the blocked forward,
-remat or not, stores or recomputes the whole softmax; this does less work in both passes
-and never holds more than one block's scores.
+remat or not, stores or recomputes the whole softmax. This does less work in the backward
+pass and keeps no scores from the forward pass for it.
 
 Blocks are a Python loop, unrolled at trace time: the block shapes grow with the block
 index (the keys up to the block's end), which lax.scan cannot express without padding
