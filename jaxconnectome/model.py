@@ -30,7 +30,7 @@ HOP_FORMS = ("dense", "edges")
 class ModelConfig:
     """Hyperparameters of the network; defaults are the reference's primary configuration.
 
-    The speed switches (scan_hops to fuse_encoder_passes) change how the numbers are
+    The speed switches (scan_hops to share_masked_prefix) change how the numbers are
     computed, never which: every choice gives the same results up to float rounding. Their
     defaults here are the plain path; `Settings.model_config` picks the fast one.
     """
@@ -60,6 +60,9 @@ class ModelConfig:
     hop_form: str = "dense"
     # Encode the unmasked and the JEPA-masked batch in one call on their concatenation.
     fuse_encoder_passes: bool = False
+    # Compute the JEPA-masked pass up to the first attention layer only for the mask_emb
+    # row, taking the unmasked pass's values elsewhere (see ConnectomeJEPA.encode_pair).
+    share_masked_prefix: bool = False
 
     def __post_init__(self):
         if self.attention_impl not in ATTENTION_IMPLS:
@@ -176,21 +179,49 @@ class ConnectomeJEPA(nnx.Module):
 
         Positions where `jepa_mask_BS` is True read `mask_emb` instead of their token.
         """
-        config = self.config
-        tok_emb_VE = self._compute(self.tok_emb)
-        x_BSE = tok_emb_VE[ids_BS]
+        x_BSE = self._compute(self.tok_emb)[ids_BS]
         if jepa_mask_BS is not None:
             x_BSE = jnp.where(jepa_mask_BS[..., None], self._compute(self.mask_emb), x_BSE)
         x_BSE = rms_norm(x_BSE)
-
-        sensory_BSK = x_BSE @ self._compute(self.sensory_proj).T  # K = 88 * C sensory inputs
-        batch, seq_len, _ = x_BSE.shape
-        state_BSN = jnp.zeros((batch, seq_len, config.num_channels * NUM_NEURONS), x_BSE.dtype)
-        # `injected` is zero outside the sensory slots, so adding gate * injected re-injects
-        # the sensory signal exactly where the reference adds it.
-        injected_BSN = state_BSN.at[..., self.sensory_slots[...]].set(sensory_BSK)
+        injected_BSN = self._inject(x_BSE)
         state_BSN = self._run_hops(injected_BSN, injected_BSN)
+        return self._read_out(state_BSN, x_BSE)
 
+    def encode_pair(self, ids_BS: jax.Array, jepa_mask_BS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Return `encode(ids)` and `encode(ids, jepa_mask)`, computing their common part once.
+
+        Up to the first attention layer every position is computed on its own. There the
+        masked pass equals the unmasked one at unmasked positions, and at every masked
+        position it equals the one row that mask_emb gives, so only that row is computed.
+        The results equal two `encode` calls up to float rounding.
+        """
+        x_BSE = rms_norm(self._compute(self.tok_emb)[ids_BS])
+        x_mask_11E = rms_norm(self._compute(self.mask_emb))[None, None, :]
+        injected_BSN = self._inject(x_BSE)
+        injected_mask_11N = self._inject(x_mask_11E)
+        state_BSN = self._run_hops(injected_BSN, injected_BSN, stage="prefix")
+        state_mask_11N = self._run_hops(injected_mask_11N, injected_mask_11N, stage="prefix")
+
+        masked_BS1 = jepa_mask_BS[..., None]
+        rep_BSE = self._read_out(self._run_hops(state_BSN, injected_BSN, stage="rest"), x_BSE)
+        masked_injected_BSN = jnp.where(masked_BS1, injected_mask_11N, injected_BSN)
+        masked_state_BSN = jnp.where(masked_BS1, state_mask_11N, state_BSN)
+        masked_state_BSN = self._run_hops(masked_state_BSN, masked_injected_BSN, stage="rest")
+        rep_masked_BSE = self._read_out(masked_state_BSN, jnp.where(masked_BS1, x_mask_11E, x_BSE))
+        return rep_BSE, rep_masked_BSE
+
+    def _inject(self, x_BSE: jax.Array) -> jax.Array:
+        """Return the state (B, S, C*N) with the sensory projection of x in the sensory slots, zero elsewhere.
+
+        Because it is zero outside the sensory slots, adding gate * injected re-injects the
+        sensory signal exactly where the reference adds it.
+        """
+        sensory_BSK = x_BSE @ self._compute(self.sensory_proj).T  # K = 88 * C sensory inputs
+        state_BSN = jnp.zeros((*x_BSE.shape[:-1], self.config.num_channels * NUM_NEURONS), x_BSE.dtype)
+        return state_BSN.at[..., self.sensory_slots[...]].set(sensory_BSK)
+
+    def _read_out(self, state_BSN: jax.Array, x_BSE: jax.Array) -> jax.Array:
+        """Return rep = rms_norm(motor outputs @ motor_proj.T + x * output_residual_scale)."""
         motor_BSM = state_BSN[..., self.motor_slots[...]]  # M = 123 * C motor outputs
         out_BSE = motor_BSM @ self._compute(self.motor_proj).T
         out_BSE = out_BSE + x_BSE * self._compute(self.output_residual_scale)
@@ -205,15 +236,18 @@ class ConnectomeJEPA(nnx.Module):
     def __call__(self, ids_BS: jax.Array) -> jax.Array:
         return self.logits(self.encode(ids_BS))
 
-    def _run_hops(self, state_BSN: jax.Array, injected_BSN: jax.Array) -> jax.Array:
+    def _run_hops(self, state_BSN: jax.Array, injected_BSN: jax.Array, stage: str = "all") -> jax.Array:
         """Apply every hop, its re-injection and the attention that follows some hops.
 
         Hops are grouped in runs of `cross_attn_every`, each run followed by one attention
-        layer; hops left over after the last attention run without it.
+        layer; hops left over after the last attention run without it. `stage` "prefix"
+        runs only the hops before the first attention layer (all hops if there is none),
+        "rest" runs what follows them, and "all" runs both.
         """
         config = self.config
         every = config.cross_attn_every
         num_groups = len(config.attn_hops)
+        num_prefix = every if num_groups else config.num_hops
         masked_weight = self._compute(self.hop_weight) * self.hop_mask[...].astype(state_BSN.dtype)
         hop_fn = hop
         if config.hop_form == "edges":
@@ -232,19 +266,32 @@ class ConnectomeJEPA(nnx.Module):
         def run_segment(state, segment_inputs):
             return self._scan(lambda s, inputs: (hop_fn(s, injected_BSN, *inputs), None), state, segment_inputs)
 
-        def group(state, inputs):
-            segment_inputs, (wq, wk, wv, wo) = inputs
-            state = run_segment(state, segment_inputs)
-            state = causal_attention(
+        def attention(state, weights):
+            wq, wk, wv, wo = weights
+            return causal_attention(
                 state, wq, wk, wv, wo, config.num_attn_heads, config.rope_base,
                 config.attention_impl, config.attention_block_size, config.remat_attention,
             )
-            return state, None
 
-        grouped = jax.tree.map(lambda a: a[: num_groups * every].reshape(num_groups, every, *a.shape[1:]), hop_inputs)
-        state_BSN = self._scan(group, state_BSN, (grouped, attn_weights))
-        leftover = jax.tree.map(lambda a: a[num_groups * every :], hop_inputs)
-        return run_segment(state_BSN, leftover)
+        def group(state, inputs):
+            segment_inputs, weights = inputs
+            return attention(run_segment(state, segment_inputs), weights), None
+
+        def hops(start, stop):
+            return jax.tree.map(lambda a: a[start:stop], hop_inputs)
+
+        if stage in ("all", "prefix"):
+            state_BSN = run_segment(state_BSN, hops(0, num_prefix))
+        if stage == "prefix":
+            return state_BSN
+        if num_groups:
+            # The first group's hops are the prefix, so its attention runs on its own and
+            # the scan covers the groups after it.
+            state_BSN = attention(state_BSN, tuple(w[0] for w in attn_weights))
+            later = jax.tree.map(lambda a: a.reshape(num_groups - 1, every, *a.shape[1:]),
+                                 hops(every, num_groups * every))
+            state_BSN = self._scan(group, state_BSN, (later, tuple(w[1:] for w in attn_weights)))
+        return run_segment(state_BSN, hops(max(num_prefix, num_groups * every), config.num_hops))
 
     def _scan(self, body, carry, xs):
         """lax.scan over the leading axis of `xs`, or the same loop unrolled in Python."""

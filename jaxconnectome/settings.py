@@ -92,6 +92,10 @@ class Settings:
     fuse_encoder_passes: bool = _field(
         False, "encode the unmasked and the JEPA-masked batch in one call on their concatenation (false: two calls)"
     )
+    share_masked_prefix: bool = _field(
+        True, "compute the JEPA-masked pass up to the first attention layer only for the mask_emb row, "
+        "reusing the unmasked pass elsewhere (false: encode the masked input in full)"
+    )
     overlap_steps: bool = _field(
         True, "queue the next step before reading the last one's losses, so batches load while the device computes "
         "(false: wait for every step)"
@@ -131,6 +135,7 @@ class Settings:
             remat_attention=self.remat_attention,
             hop_form=self.hop_form,
             fuse_encoder_passes=self.fuse_encoder_passes,
+            share_masked_prefix=self.share_masked_prefix,
         )
 
     def schedule_config(self) -> ScheduleConfig:

@@ -58,6 +58,8 @@ def worker_losses(
         both_inputs = jnp.concatenate([inputs_BS, inputs_BS])
         both_masks = jnp.concatenate([jnp.zeros_like(mask_BS), mask_BS])
         rep_BSE, rep_masked_BSE = jnp.split(model.encode(both_inputs, both_masks), 2)
+    elif use_jepa and model.config.share_masked_prefix:
+        rep_BSE, rep_masked_BSE = model.encode_pair(inputs_BS, mask_BS)
     else:
         rep_BSE = model.encode(inputs_BS)
         rep_masked_BSE = model.encode(inputs_BS, mask_BS) if use_jepa else None

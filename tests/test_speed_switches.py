@@ -85,10 +85,12 @@ def test_plain_result_has_every_loss(plain_result):
         {"hop_form": "edges"},
         {"fuse_encoder_passes": True},
         {"scan_hops": False},
+        {"share_masked_prefix": True},
+        {"share_masked_prefix": True, "scan_hops": False, "attention_impl": "flash", "attention_block_size": 16},
     ],
     ids=[
         "blocked_attention", "blocked_attention_remat", "flash_attention", "edge_hops", "fused_encoder_passes",
-        "unrolled_hops",
+        "unrolled_hops", "shared_masked_prefix", "cpu_defaults",
     ],
 )
 def test_switch_equals_plain_path(switch, plain_result):
@@ -121,6 +123,7 @@ def test_settings_pick_fast_paths_per_platform():
     assert not cpu.scan_hops
     assert cpu.remat_attention
     assert not cpu.fuse_encoder_passes
+    assert cpu.share_masked_prefix
     assert cpu.hop_form == "dense"
     gpu = settings.model_config("gpu")
     assert gpu.attention_impl == "xla"
@@ -149,3 +152,25 @@ def test_cudnn_attention_equals_xla_in_bfloat16():
     q, k, v = (jnp.asarray(rng.standard_normal((2, 128, 2, 64)), jnp.bfloat16) for _ in range(3))
     expected = attention_core(q, k, v, "xla").astype(jnp.float32)
     np.testing.assert_allclose(attention_core(q, k, v, "cudnn").astype(jnp.float32), expected, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"num_hops": 5, "cross_attn_every": 2},
+        {"num_hops": 2, "cross_attn_every": 3},
+        {"num_hops": 2, "cross_attn_every": 1, "num_channels": 2},
+        {"num_hops": 4, "cross_attn_every": 2, "scan_hops": False},
+    ],
+    ids=["two_groups_and_leftover", "no_attention", "two_channels", "unrolled"],
+)
+def test_encode_pair_equals_two_encodes(layout):
+    model = build(dataclasses.replace(PLAIN, **layout))
+    rng = np.random.default_rng(4)
+    ids = jnp.asarray(rng.integers(0, PLAIN.vocab_size, (2, SEQ_LEN)), jnp.int32)
+    mask = jnp.asarray(rng.random((2, SEQ_LEN)) < 0.3)
+    rep, rep_masked = jax.jit(lambda ids, mask: model.encode_pair(ids, mask))(ids, mask)
+    np.testing.assert_allclose(rep, model.encode(ids), rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(rep_masked, model.encode(ids, mask), rtol=RTOL, atol=1e-6)
+    # The masked pass must differ from the unmasked one, or the check above proves nothing.
+    assert float(jnp.max(jnp.abs(rep_masked - rep))) > 0.1
