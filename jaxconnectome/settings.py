@@ -75,16 +75,16 @@ class Settings:
     )
     param_dtype: str = _field("float32", "dtype of the master weights (bfloat16 reproduces the reference)")
     compute_dtype: str = _field("auto", "dtype of matmuls: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16")
+    # Speed switches: each computes the same numbers as its plain alternative, up to float rounding.
     hop_loop: str = _field(
         "auto", "how the hops run: auto (unrolled on CPU, scan elsewhere), scan (lax.scan), unrolled (a Python loop)"
     )
-    # Speed switches: each computes the same numbers as its plain alternative, up to float rounding.
     attention_impl: str = _field(
         "auto", "softmax attention: auto (flash on CPU, xla elsewhere), xla (full masked scores), "
         "blocked (only keys up to each query block), flash (blocked, with a backward pass that keeps no scores), "
         "cudnn (GPU with bfloat16 compute only)"
     )
-    attention_block_size: int = _field(128, "blocked attention: queries per block")
+    attention_block_size: int = _field(128, "blocked and flash attention: queries per block")
     remat_attention: bool = _field(
         True, "xla and blocked attention: recompute the scores in the backward pass instead of storing them (false: store)"
     )
