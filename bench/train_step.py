@@ -177,31 +177,34 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def matmul_seconds(dtype: torch.dtype, device: str, size: tuple[int, int, int] = (4096, 768, 1024)) -> float:
-    """Return the fastest of three timed (M, K) @ (K, N) matmuls in `dtype`, after one warm-up."""
-    m, k, n = size
+MATMUL_SIZE = (4096, 768, 1024)  # (M, K, N): the logits matmul of a primary step, tokens x E x V
+
+
+def fastest_of_three(call) -> float:
+    """Return the fastest of three timed calls, after one warm-up call."""
+    call()
+    return min(timed(call) for _ in range(3))
+
+
+def matmul_seconds(dtype: torch.dtype, device: str) -> float:
+    """Return the fastest time of one (M, K) @ (K, N) PyTorch matmul in `dtype`."""
+    m, k, n = MATMUL_SIZE
     a, b = torch.ones(m, k, dtype=dtype, device=device), torch.ones(k, n, dtype=dtype, device=device)
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
+
+    def call():
         a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+
+    return fastest_of_three(call)
 
 
-def jax_matmul_seconds(dtype, size: tuple[int, int, int] = (4096, 768, 1024)) -> float:
-    """`matmul_seconds` for a jitted JAX matmul."""
-    m, k, n = size
+def jax_matmul_seconds(dtype) -> float:
+    """Return the fastest time of one (M, K) @ (K, N) jitted JAX matmul in `dtype`."""
+    m, k, n = MATMUL_SIZE
     a, b = jax.numpy.ones((m, k), dtype), jax.numpy.ones((k, n), dtype)
     matmul = jax.jit(lambda a, b: a @ b)
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+    return fastest_of_three(lambda: matmul(a, b).block_until_ready())
 
 
 def rate_line(name: str, settings, tokens: int, jax_s: float, torch_s: float, precision: str, device: str) -> str:
@@ -212,7 +215,7 @@ def rate_line(name: str, settings, tokens: int, jax_s: float, torch_s: float, pr
     bounds the ratio that any change to the JAX side can reach on this device.
     """
     step_flop = train_flops_per_token(settings) * tokens
-    m, k, n = 4096, 768, 1024
+    m, k, n = MATMUL_SIZE
     matmul_flop = 2 * m * k * n
     jax_dtype = jax.numpy.float32 if settings.model_config(jax.default_backend()).compute_dtype == "float32" \
         else jax.numpy.bfloat16
@@ -227,11 +230,15 @@ def rate_line(name: str, settings, tokens: int, jax_s: float, torch_s: float, pr
 def pick_torch_precision(model, settings, tokens, device: str, steps: int) -> tuple[str, dict]:
     """Time float32 and bfloat16 steps alternately (after one warm-up each) and return the faster.
 
-    Where a bfloat16 matmul is more than twice as slow as a float32 one (CPUs without native
-    bfloat16 arithmetic, where PyTorch emulates it at a small fraction of the float32 speed,
-    and a primary step would take minutes), float32 is chosen without timing steps.
+    Where a bfloat16 matmul is more than twice as slow as a float32 one, float32 is chosen
+    without timing steps. That happens on CPUs without native bfloat16 arithmetic, where
+    PyTorch runs bfloat16 at a small fraction of the float32 speed and a primary step would
+    take minutes.
     """
-    matmul = {"float32": matmul_seconds(torch.float32, device), "bfloat16": matmul_seconds(torch.bfloat16, device)}
+    matmul = {
+        "float32": matmul_seconds(torch.float32, device),
+        "bfloat16": matmul_seconds(torch.bfloat16, device),
+    }
     if matmul["bfloat16"] > 2 * matmul["float32"]:
         return "float32", {f"matmul_{precision}": seconds for precision, seconds in matmul.items()}
     calls = {precision: build_torch(model, settings, tokens, precision, device) for precision in ("float32", "bfloat16")}

@@ -25,12 +25,12 @@ import numpy as np
 
 
 def _query_blocks(seq_len: int, block_size: int) -> list[tuple[int, int]]:
-    """Return the (start, end) of each query block; the last may be shorter."""
+    """Return the (start, end) of each query block. The last block may be shorter."""
     return [(start, min(start + block_size, seq_len)) for start in range(0, seq_len, block_size)]
 
 
 def _block_scores(q_BHQD: jax.Array, k_BHKD: jax.Array, start: int, scale: float) -> jax.Array:
-    """Scaled float32 scores of queries [start, start+Q) against keys [0, K), -inf above the diagonal."""
+    """Return the scaled float32 scores of queries [start, start+Q) against keys [0, K), -inf above the diagonal."""
     scores_BHQK = jnp.einsum("bhqd,bhkd->bhqk", q_BHQD, k_BHKD, preferred_element_type=jnp.float32) * scale
     queries, keys = q_BHQD.shape[2], k_BHKD.shape[2]
     causal_QK = np.arange(keys)[None, :] <= np.arange(start, start + queries)[:, None]
@@ -60,7 +60,7 @@ def _forward(q_BSHD, k_BSHD, v_BSHD, scale: float, block_size: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def flash_causal_attention(q_BSHD, k_BSHD, v_BSHD, scale: float, block_size: int) -> jax.Array:
-    """softmax(QK^T * scale, causal) V for (B, S, H, D) inputs, by blocks of `block_size` queries."""
+    """Return softmax(QK^T * scale, causal) V for (B, S, H, D) inputs, by blocks of `block_size` queries."""
     return _forward(q_BSHD, k_BSHD, v_BSHD, scale, block_size)[0]
 
 

@@ -68,8 +68,8 @@ def causal_attention(
 
     wq, wk, wv are (H*D, N) and wo is (N, H*D), laid out [out, in] as in PyTorch.
     `implementation` selects the softmax attention: see `attention_core`. With `remat` the
-    backward pass recomputes the (S, S) scores instead of keeping them from the forward;
-    flash attention keeps no scores in any case, so `remat` does not apply to it.
+    backward pass recomputes the (S, S) scores instead of keeping them from the forward.
+    Flash attention keeps no scores in any case, so `remat` does not apply to it.
     """
     batch, seq_len, _ = state_BSN.shape
     head_dim = wq.shape[0] // num_heads

@@ -31,6 +31,11 @@ class ScheduleConfig:
     max_wallclock_seconds: float = 600.0
 
 
+def reads_clock(config: ScheduleConfig) -> bool:
+    """Return whether `lr_multiplier` depends on the elapsed time: a linear warmdown under a cap."""
+    return config.schedule == "linear" and config.warmdown_iters > 0 and config.max_wallclock_seconds > 0
+
+
 def lr_multiplier(step: int, config: ScheduleConfig, elapsed_ms: float = 0.0) -> float:
     """Return the LR multiplier for the update made at `step` (0-based).
 

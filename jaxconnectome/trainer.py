@@ -35,7 +35,7 @@ from jaxconnectome.data import (
 )
 from jaxconnectome.evaluation import ValidationSet, build_validation_set, evaluate, make_loss_sum_fn
 from jaxconnectome.model import Buffer, ConnectomeJEPA, count_params
-from jaxconnectome.optim import lr_multiplier
+from jaxconnectome.optim import lr_multiplier, reads_clock
 from jaxconnectome.run_log import RunLogger, TrainTimer, train_line, val_line, write_json_atomic
 from jaxconnectome.settings import Settings, SettingsError, check_batch_layout
 from jaxconnectome.summary import run_summary_lines
@@ -256,7 +256,7 @@ class QueuedStep:
 
 @dataclasses.dataclass
 class LoopClock:
-    """Training time as the loop sees it after each finished step."""
+    """Training time read after each finished step, and the duration of the latest one."""
 
     train_ms: float = 0.0
     last_step_ms: float | None = None  # None until a step has been timed
@@ -266,39 +266,41 @@ class LoopClock:
         self.train_ms = train_ms
 
     def near(self, cap_ms: float) -> bool:
-        """Whether the step in flight, or the next, may reach `cap_ms`: within two step times."""
+        """Return whether the step in flight, or the next, may reach `cap_ms` (within two step times)."""
         return self.last_step_ms is None or self.train_ms + 2 * self.last_step_ms >= cap_ms
 
 
-def clock_driven_schedule(settings: Settings) -> bool:
-    """True when the LR multiplier reads the training time (linear warmdown under a cap)."""
-    return settings.lr_schedule == "linear" and settings.warmdown_iters > 0 and settings.max_wallclock_seconds > 0
+def validates_at(settings: Settings, step: int) -> bool:
+    return settings.val_loss_every > 0 and step % settings.val_loss_every == 0
+
+
+def checkpoints_at(settings: Settings, step: int) -> bool:
+    return settings.checkpoint_every > 0 and step > 0 and step % settings.checkpoint_every == 0
 
 
 def must_wait(run: Run, step: int, stop: StopSignal, clock: LoopClock, stop_after: int | None) -> bool:
-    """Whether the queued step has to finish before the loop goes on from `step`.
+    """Return whether the queued step has to finish before the loop goes on from `step`.
 
-    It must where the step is validated, checkpointed or the last, on a signal, where the
-    LR reads the clock, and near a wallclock cap: there a step queued too early would run
-    past the step that crosses the cap (see LoopClock.near).
+    It has to where the step is validated, checkpointed or the last, on a signal, and where
+    the LR reads the clock. It also has to near a wallclock cap, because there a step queued
+    too early would run past the step that crosses the cap (see LoopClock.near).
     """
     settings = run.settings
-    every, val_every = settings.checkpoint_every, settings.val_loss_every
     cap_ms = 1000.0 * settings.max_wallclock_seconds
     return (
         not settings.overlap_steps
         or step == settings.iterations
         or stop.received()
         or stop_after is not None
-        or (val_every > 0 and step % val_every == 0)
-        or (every > 0 and step % every == 0)
-        or clock_driven_schedule(settings)
+        or validates_at(settings, step)
+        or checkpoints_at(settings, step)
+        or reads_clock(settings.schedule_config())
         or (cap_ms > 0 and clock.near(cap_ms))
     )
 
 
 def finish_step(run: Run, queued: QueuedStep, timer: TrainTimer, clock: LoopClock) -> dict:
-    """Read a step's losses, check them, log them; return its metrics.jsonl fields."""
+    """Read, check and log a step's losses, and return its metrics.jsonl fields."""
     settings, log = run.settings, run.log
     metrics = {k: float(v) for k, v in jax.device_get(queued.metrics).items()}
     clock.update(process_zero_value(timer.elapsed_ms()))
@@ -364,7 +366,7 @@ def train_loop(run: Run, stop: StopSignal) -> dict:
             cap_reached = stop_after is not None and step >= stop_after
             last_step = step == iterations or cap_reached
             # A resumed run validated this step before its checkpoint was written.
-            validate_now = settings.val_loss_every > 0 and step % settings.val_loss_every == 0 and step != resumed_step
+            validate_now = validates_at(settings, step) and step != resumed_step
             if last_step or validate_now:
                 timer.pause()
                 val_loss, val_bpb = evaluate(run.state.params, run.loss_sum_fn, run.val, run.val_batch_seqs, run.mesh)
@@ -378,8 +380,7 @@ def train_loop(run: Run, stop: StopSignal) -> dict:
                 log.record(record)
             record = {}
 
-            every = settings.checkpoint_every
-            if last_step or stop.received() or (every > 0 and step > 0 and step % every == 0):
+            if last_step or stop.received() or checkpoints_at(settings, step):
                 run.checkpointer.save(step, run.state, checkpoint_meta(run, step, timer.elapsed_ms(), base_key))
             if last_step:
                 if cap_reached and step < iterations:

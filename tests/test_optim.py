@@ -8,7 +8,7 @@ import optax
 import pytest
 import torch
 
-from jaxconnectome.optim import ScheduleConfig, build_optimizer, lr_multiplier
+from jaxconnectome.optim import ScheduleConfig, build_optimizer, lr_multiplier, reads_clock
 
 COSINE = ScheduleConfig(schedule="cosine", iterations=5000, warmup_steps=100)
 
@@ -60,6 +60,24 @@ def test_linear_schedule_under_wallclock_cap():
     assert lr_multiplier(5800, config, elapsed_ms=595_000) == pytest.approx(5_000 / (100 * 595_000 / 5800))
     assert lr_multiplier(6000, config, elapsed_ms=601_000) == 0.0
     assert lr_multiplier(50, config, elapsed_ms=599_000) == 0.5  # warmup comes first
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (COSINE, False),
+        (ScheduleConfig(schedule="linear", warmdown_iters=0, max_wallclock_seconds=600), False),
+        (ScheduleConfig(schedule="linear", warmdown_iters=100, max_wallclock_seconds=0), False),
+        (ScheduleConfig(schedule="linear", iterations=5000, warmdown_iters=100, max_wallclock_seconds=600), True),
+    ],
+    ids=["cosine", "linear_no_warmdown", "linear_no_cap", "linear_under_cap"],
+)
+def test_reads_clock_matches_schedule(config, expected):
+    assert reads_clock(config) is expected
+    # Independently: the multiplier at a step after warmup moves with the elapsed time only
+    # where reads_clock says so (595 s of a 600 s cap after 4,000 steps is inside the warmdown).
+    moved = lr_multiplier(4000, config, elapsed_ms=0.0) != lr_multiplier(4000, config, elapsed_ms=595_000.0)
+    assert moved is expected
 
 
 def test_unknown_schedule():

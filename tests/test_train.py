@@ -195,8 +195,8 @@ def strip_times(text: str) -> str:
 
 
 def test_overlapped_loop_matches_waiting_loop(tmp_path, monkeypatch):
-    # Validation at 6 and 12 and checkpoints every 4 make the overlapped loop wait at
-    # those steps and queue ahead at the others; every line and number must match.
+    # Validation at 6 and 12 and checkpoints every 4 make the overlapped loop wait at those
+    # steps and queue ahead at the others. Every line and number must still match.
     small = {"iterations": 12, "val_loss_every": 6, "checkpoint_every": 4, "train_log_every": 1, "embed_dim": 64,
              "num_hops": 2, "cross_attn_every": 1, "skip_every": 0, "train_seq_len": 64, "val_batch_size": 4096}
     runs = {}
